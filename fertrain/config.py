@@ -1,0 +1,238 @@
+"""The one configuration schema: YAML files, `--set` overrides and each run's resolved config.yaml.
+
+Every width, depth and training setting is a field here; nothing else in fertrain reads YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fertrain.errors import ConfigError
+
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+class Section(BaseModel):
+    """Refuses unknown keys so that a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _yaml_switch(value: Any) -> Any:
+    # YAML 1.1 reads bare `on`/`off` as booleans; users mean the words.
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+class ModelConfig(Section):
+    """An Xception-family network; `xception` and `mini_xception` differ only in these values."""
+
+    architecture: Literal["xception", "mini_xception"] = "mini_xception"
+    input_size: int = Field(48, ge=16, le=512)
+    num_classes: int = Field(7, ge=2)
+    width_multiplier: float = Field(1.0, gt=0)
+    stem_widths: list[int] = Field(default_factory=lambda: [8, 8])
+    entry_widths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    middle_width: int = Field(728, ge=1)
+    middle_repeats: int = Field(0, ge=0)
+    exit_widths: list[int] = Field(default_factory=list)
+    exit_separable_widths: list[int] = Field(default_factory=list)
+    shortcut_batchnorm: bool = True
+    use_bias: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    l2: float = Field(0.01, ge=0.0)
+
+    @field_validator("stem_widths", "entry_widths", "exit_widths", "exit_separable_widths")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        if any(w < 1 for w in widths):
+            raise ValueError(f"every width must be >= 1, got {widths}")
+        return widths
+
+
+class AugmentConfig(Section):
+    """Training-only augmentation; each strength 0 (or false) turns that transform off."""
+
+    horizontal_flip: bool = True
+    rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)
+    zoom: float = Field(0.1, ge=0.0, lt=1.0)
+    shift: float = Field(0.1, ge=0.0, lt=1.0)
+    crop_padding: int = Field(0, ge=0)
+    erasing_probability: float = Field(0.0, ge=0.0, le=1.0)
+    erasing_max_area: float = Field(0.25, gt=0.0, le=1.0)
+
+
+class DataConfig(Section):
+    dir: str = "prepared/sample"
+    batch_size: int = Field(64, ge=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(0.999, ge=0.0, lt=1.0)
+    epsilon: float = Field(1e-7, gt=0.0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "cosine", "one_cycle", "reduce_on_plateau"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    min_learning_rate: float = Field(0.0, ge=0.0)
+    one_cycle_start_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(5, ge=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    weight_decay: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    early_stopping_patience: int = Field(10, ge=0, description="0 turns early stopping off")
+    seed: int = 42
+    deterministic: bool = False
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
+    jit_compile: Literal["auto", "on", "off"] = "auto"
+    distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    steps_per_execution: int = Field(1, ge=1)
+
+    @field_validator("jit_compile", "mixed_precision", mode="before")
+    @classmethod
+    def _switch_words(cls, value: Any) -> Any:
+        return _yaml_switch(value)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _seven_weights(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(w < 0 for w in value):
+            raise ValueError(f"class weights must be >= 0, got {value}")
+        return value
+
+
+class Config(Section):
+    """A whole fertrain configuration; `name` defaults to the YAML file's stem."""
+
+    name: str = "fertrain"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    got = error.get("input")
+    limits = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in limits:
+        symbol, key = limits[kind]
+        return f"must be {symbol} {ctx[key]}, got {got!r}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {got!r}"
+    if kind == "missing":
+        return "is required"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
+
+
+def _format_validation(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    # Unions report one branch per member; the path up to the union is what the user wrote.
+    path = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("literal[", "list[")))
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source}: {path}: {_describe(first)}{more}"
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in chain)}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    base = _read_yaml((path.parent / str(parent)).resolve(), (*chain, path))
+    return _deep_merge(base, loaded)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"--set {assignment}: expected key.path=value")
+    keys = path.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {key} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[keys[-1]] = raw
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config (following `extends`), applies `key.path=value` overrides, validates."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path.resolve())
+        data.setdefault("name", path.stem)
+        source = str(path)
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    if overrides:
+        source = f"{source} with --set"
+    return validate_config(data, source)
+
+
+def dump_config(config: Config) -> str:
+    """YAML that `load_config` reads back into an equal Config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
