@@ -1,0 +1,86 @@
+"""Classification metrics computed from labels and predicted probabilities (pure numpy).
+
+Definitions follow scikit-learn's so that numbers agree with it exactly: a ratio whose denominator
+is zero counts as 0, and macro/weighted averages run over the classes that occur in the labels or
+the predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fertrain.config import EMOTIONS
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true class, predicted class] counts."""
+    flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean categorical cross-entropy of probabilities, clipped away from 0 and 1 by float64 epsilon."""
+    eps = np.finfo(np.float64).eps
+    true_probability = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(true_probability, eps, 1 - eps))))
+
+
+def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Share of images whose true class is among the k most probable (ties resolved by class index,
+    the higher index ranking first, as scikit-learn does)."""
+    ranked = np.argsort(probabilities, axis=1, kind="mergesort")[:, ::-1][:, :k]
+    return float(np.mean(np.any(ranked == labels[:, None], axis=1)))
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...] = EMOTIONS
+) -> dict[str, Any]:
+    """Every number `fertrain evaluate` reports, as plain JSON-ready Python values.
+
+    `labels` are class indices [N]; `probabilities` are [N, num_classes] rows summing to 1.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = len(class_names)
+    if probabilities.ndim != 2 or probabilities.shape != (len(labels), num_classes):
+        raise ValueError(
+            f"expected probabilities of shape ({len(labels)}, {num_classes}), got {probabilities.shape}"
+        )
+    predictions = np.argmax(probabilities, axis=1)
+    counts = confusion_counts(labels, predictions, num_classes)
+    true_positives = np.diag(counts).astype(np.float64)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    precision = _safe_divide(true_positives, predicted)
+    recall = _safe_divide(true_positives, support)
+    f1 = _safe_divide(2 * true_positives, support + predicted)
+    present = (support + predicted) > 0
+    return {
+        "num_images": int(len(labels)),
+        "accuracy": float(true_positives.sum() / len(labels)),
+        "top2_accuracy": top_k_accuracy(labels, probabilities, k=2),
+        "loss": cross_entropy(labels, probabilities),
+        "macro_f1": float(f1[present].mean()),
+        "weighted_f1": float(np.sum(f1 * support) / support.sum()),
+        "per_class": [
+            {
+                "class": name,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        ],
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalized": _safe_divide(counts, support[:, None]).tolist(),
+        "class_names": list(class_names),
+    }
