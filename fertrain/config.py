@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fertrain.errors import ConfigError
 
@@ -31,29 +39,125 @@ def _yaml_switch(value: Any) -> Any:
     return value
 
 
+_MINI_XCEPTION = {
+    "input_scaling": "symmetric",
+    "stem_widths": [8, 8],
+    "stem_strides": [1, 1],
+    "entry_widths": [16, 32, 64, 128],
+    "block_preactivation": False,
+    "middle_repeats": 0,
+    "middle_layers": 3,
+    "middle_width": 128,
+    "exit_widths": [],
+    "exit_separable_widths": [],
+    "head": "conv",
+    "use_bias": False,
+    "shortcut_bias": False,
+    "shortcut_batchnorm": True,
+    "dropout": 0.0,
+    "l2": 0.01,
+}
+_XCEPTION = {
+    "input_scaling": "unit",
+    "stem_widths": [32, 64],
+    "stem_strides": [2, 1],
+    "entry_widths": [128, 256, 728],
+    "block_preactivation": True,
+    "middle_repeats": 8,
+    "middle_layers": 3,
+    "middle_width": 728,
+    "exit_widths": [728, 1024],
+    "exit_separable_widths": [728, 1024],
+    "head": "dense",
+    "use_bias": True,
+    "shortcut_bias": True,
+    "shortcut_batchnorm": False,
+    "dropout": 0.0,
+    "l2": 0.0,
+}
+ARCHITECTURE_PRESETS = {"mini_xception": _MINI_XCEPTION, "xception": _XCEPTION}
+
+
 class ModelConfig(Section):
-    """An Xception-family network; `xception` and `mini_xception` differ only in these values."""
+    """An Xception-family network. `xception` and `mini_xception` differ only in these values:
+    `architecture` picks the preset that fills every field the config leaves out.
+
+    Widths are before `width_multiplier`. Every 3x3 stem conv uses 'valid' padding; each entry
+    block (and the exit block) halves the spatial size.
+    """
 
     architecture: Literal["xception", "mini_xception"] = "mini_xception"
-    input_size: int = Field(48, ge=16, le=512)
+    input_size: int = Field(48, ge=8, le=1024)
+    input_scaling: Literal["unit", "symmetric"] = Field(
+        description="unit: pixels / 255 in [0, 1]; symmetric: pixels / 127.5 - 1 in [-1, 1]"
+    )
     num_classes: int = Field(7, ge=2)
-    width_multiplier: float = Field(1.0, gt=0)
-    stem_widths: list[int] = Field(default_factory=lambda: [8, 8])
-    entry_widths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    middle_width: int = Field(728, ge=1)
-    middle_repeats: int = Field(0, ge=0)
-    exit_widths: list[int] = Field(default_factory=list)
-    exit_separable_widths: list[int] = Field(default_factory=list)
-    shortcut_batchnorm: bool = True
-    use_bias: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    l2: float = Field(0.01, ge=0.0)
+    width_multiplier: float = Field(1.0, gt=0.0, le=16.0)
+    stem_widths: list[int] = Field(min_length=1, description="plain 3x3 convs before the residual blocks")
+    stem_strides: list[int] = Field(min_length=1, description="one stride (1 or 2) per stem conv")
+    entry_widths: list[int] = Field(description="one downsampling residual block per width")
+    block_preactivation: bool = Field(description="ReLU before the first separable conv of each block")
+    middle_repeats: int = Field(ge=0, description="identity-shortcut blocks in the middle flow")
+    middle_layers: int = Field(ge=1, description="separable convs per middle block")
+    middle_width: int = Field(ge=1, description="must equal the width entering the middle flow")
+    exit_widths: list[int] = Field(description="[] or the exit downsampling block's two widths")
+    exit_separable_widths: list[int] = Field(description="separable convs after the exit block")
+    head: Literal["dense", "conv"] = Field(
+        description="dense: pool then Dense; conv: 3x3 conv to the classes then pool"
+    )
+    use_bias: bool = Field(description="bias on stem and separable convs (BN follows each)")
+    shortcut_bias: bool = Field(description="bias on the 1x1 shortcut convs")
+    shortcut_batchnorm: bool = Field(description="BatchNormalization after each 1x1 shortcut conv")
+    dropout: float = Field(ge=0.0, lt=1.0, description="dropout before the classifier")
+    l2: float = Field(ge=0.0, description="L2 penalty on every conv and dense kernel")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = ARCHITECTURE_PRESETS.get(data.get("architecture", "mini_xception"), {})
+        return {**preset, **data}
 
     @field_validator("stem_widths", "entry_widths", "exit_widths", "exit_separable_widths")
     @classmethod
     def _positive_widths(cls, widths: list[int]) -> list[int]:
         if any(w < 1 for w in widths):
             raise ValueError(f"every width must be >= 1, got {widths}")
+        return widths
+
+    @field_validator("stem_strides")
+    @classmethod
+    def _stem_fits_input(cls, strides: list[int], info: ValidationInfo) -> list[int]:
+        if any(s not in (1, 2) for s in strides):
+            raise ValueError(f"every stride must be 1 or 2, got {strides}")
+        widths = info.data.get("stem_widths")
+        if widths is not None and len(widths) != len(strides):
+            raise ValueError(f"needs one stride per stem width ({len(widths)}), got {strides}")
+        size = info.data.get("input_size")
+        if size is not None:
+            for stride in strides:
+                size = (size - 3) // stride + 1
+            if size < 1:
+                raise ValueError(f"shrink the {info.data['input_size']}px input below 1 pixel, got {strides}")
+        return strides
+
+    @field_validator("middle_width")
+    @classmethod
+    def _middle_matches_entry(cls, width: int, info: ValidationInfo) -> int:
+        widths = info.data.get("entry_widths") or info.data.get("stem_widths")
+        if info.data.get("middle_repeats") and widths and width != widths[-1]:
+            raise ValueError(
+                f"must equal the width entering the middle flow ({widths[-1]}) "
+                f"when middle_repeats > 0, got {width}"
+            )
+        return width
+
+    @field_validator("exit_widths")
+    @classmethod
+    def _two_exit_widths(cls, widths: list[int]) -> list[int]:
+        if len(widths) not in (0, 2):
+            raise ValueError(f"must be [] or two widths, got {widths}")
         return widths
 
 
@@ -131,6 +235,16 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+def _section_keys(path: tuple[str | int, ...]) -> list[str]:
+    section: type[BaseModel] = Config
+    for key in path:
+        annotation = section.model_fields[str(key)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        section = annotation
+    return list(section.model_fields)
+
+
 def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     ctx = error.get("ctx", {})
@@ -145,7 +259,9 @@ def _describe(error: dict[str, Any]) -> str:
         symbol, key = limits[kind]
         return f"must be {symbol} {ctx[key]}, got {got!r}"
     if kind == "extra_forbidden":
-        return "unknown key"
+        return f"unknown key (allowed: {', '.join(_section_keys(error['loc'][:-1]))})"
+    if kind == "value_error":
+        return str(ctx["error"])
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}, got {got!r}"
     if kind == "missing":
