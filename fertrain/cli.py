@@ -7,11 +7,13 @@ exit code, never a traceback.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from fertrain import __version__
+from fertrain.data.sources import SourceFormat
 from fertrain.errors import FertrainError
 
 app = typer.Typer(
@@ -38,6 +40,93 @@ def root(
     ),
 ) -> None:
     """Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013."""
+
+
+PREPARE_SOURCES = (
+    "SOURCE: Kaggle's fer2013.csv (also .csv.gz, fer2013.tar.gz or a .zip), icml_face_data.csv, "
+    "an image-folder tree (train/<emotion>/, test/<emotion>/) or a directory with X_train.npy, "
+    "y_train.npy, X_test.npy, y_test.npy. See data/README.md."
+)
+
+
+@app.command(epilog=PREPARE_SOURCES)
+def prepare(
+    source: Annotated[str, typer.Argument(help="FER2013 in any accepted form (see below).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write; replaced atomically.")],
+    source_format: Annotated[
+        SourceFormat, typer.Option("--format", help="Source form; auto detects it.")
+    ] = "auto",
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="Share of each class carved from train into val when the source has no val split."),
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the stratified val carve.")] = 42,
+    skip_bad_rows: Annotated[
+        bool, typer.Option("--skip-bad-rows", help="Skip malformed rows or images instead of failing.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
+    ] = False,
+) -> None:
+    """Turn FER2013 in any form into DIR/{train,val,test}.npz and DIR/manifest.json."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from fertrain.data.prepare import prepare as prepare_dataset
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    tasks: dict[str, int] = {}
+
+    def report(description: str, completed: int, total: int) -> None:
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total)
+        bar.update(tasks[description], completed=completed, total=total)
+
+    with bar:
+        manifest = prepare_dataset(
+            source,
+            out,
+            fmt=source_format,
+            val_fraction=val_fraction,
+            seed=seed,
+            skip_bad_rows=skip_bad_rows,
+            progress=report,
+        )
+    skipped = manifest["skipped_rows"]
+    if skipped["count"]:
+        err_console.print(f"skipped {skipped['count']} bad rows:", highlight=False)
+        for row in skipped["rows"][:20]:
+            err_console.print(f"  {row}", highlight=False, soft_wrap=True)
+        if skipped["count"] > 20:
+            err_console.print(f"  ... and {skipped['count'] - 20} more (all listed in {out}/manifest.json)")
+    if json_output:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    source_info = manifest["source"]
+    table = Table(title=f"{source_info['name']} ({source_info['format']}: {source_info['layout']}) -> {out}")
+    table.add_column("split")
+    table.add_column("total", justify="right")
+    for emotion in manifest["classes"]:
+        table.add_column(emotion, justify="right")
+    for split, info in manifest["splits"].items():
+        if not info["present"]:
+            table.add_row(split, "missing", *[""] * len(manifest["classes"]))
+            continue
+        table.add_row(split, f"{info['count']:,}", *(f"{n:,}" for n in info["class_counts"].values()))
+    console.print(table)
+    if manifest["val_split"]["origin"] == "carved from train":
+        carve = manifest["val_split"]
+        console.print(f"val: {carve['fraction']:.0%} of each class of train (seed {carve['seed']})")
 
 
 def main() -> None:

@@ -1,0 +1,133 @@
+"""`fertrain prepare`: any form of FER2013 in, one validated directory of .npz splits out.
+
+The directory is built beside its destination and renamed into place, so a failed or interrupted
+prepare never leaves a half-written directory and never destroys an existing good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fertrain import __version__
+from fertrain.config import EMOTIONS
+from fertrain.data.dataset import MANIFEST, SPLITS
+from fertrain.data.records import IMAGE_SIZE, NUM_CLASSES, Progress, SourceData, no_progress
+from fertrain.data.sources import read_source, sha256_of
+from fertrain.errors import DataError
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, carved) that carve `fraction` of each class off, both in source order."""
+    rng = np.random.default_rng(seed)
+    carved = []
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == label)
+        carved.append(rng.permutation(members)[: round(len(members) * fraction)])
+    carved = np.sort(np.concatenate(carved))
+    return np.setdiff1d(np.arange(len(labels)), carved), carved
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    return {emotion: int(count) for emotion, count in zip(EMOTIONS, counts, strict=True)}
+
+
+def _carve_val(splits: dict, val_fraction: float, seed: int) -> dict[str, Any]:
+    """Adds a stratified val split taken from train when the source has none; says what it did."""
+    if "val" in splits:
+        return {"origin": "source"}
+    if "train" not in splits or val_fraction == 0:
+        return {"origin": "none"}
+    images, labels = splits["train"]
+    kept, carved = stratified_split(labels, val_fraction, seed)
+    splits["train"] = images[kept], labels[kept]
+    splits["val"] = images[carved], labels[carved]
+    return {"origin": "carved from train", "fraction": val_fraction, "seed": seed}
+
+
+def _manifest(source: Path, data: SourceData, val_split: dict[str, Any]) -> dict[str, Any]:
+    splits = {}
+    for split in SPLITS:
+        images, labels = data.splits.get(split, (None, np.zeros(0, dtype=np.uint8)))
+        splits[split] = {
+            "present": images is not None,
+            "file": f"{split}.npz" if images is not None else None,
+            "count": int(len(labels)),
+            "class_counts": class_counts(labels),
+        }
+    return {
+        "fertrain_version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": {
+            "name": source.name,
+            "path": str(source.resolve()),
+            "format": data.format,
+            "layout": data.layout,
+            "sha256": sha256_of(source),
+            "sha256_of": "directory listing (sha256sum of every file)" if source.is_dir() else "file",
+        },
+        "classes": list(EMOTIONS),
+        "image_shape": [IMAGE_SIZE, IMAGE_SIZE],
+        "splits": splits,
+        "val_split": val_split,
+        "skipped_rows": {"count": len(data.skipped), "rows": data.skipped},
+    }
+
+
+def _check_destination(out: Path) -> None:
+    """Refuses to replace anything but an empty directory or an earlier prepare's output."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise DataError(f"{out}: not empty and not a `fertrain prepare` output; choose another --out")
+
+
+def _write_atomically(out: Path, splits: dict, manifest: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for split, (images, labels) in splits.items():
+            np.savez(staging / f"{split}.npz", images=images, labels=labels)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)
+        if out.exists():
+            retired = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "auto",
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    skip_bad_rows: bool = False,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Reads FER2013 from `source` in any accepted form, writes `out`, returns its manifest."""
+    source, out = Path(source), Path(out)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction {val_fraction}: expected a fraction in [0, 1)")
+    _check_destination(out)
+    data = read_source(source, fmt, skip_bad_rows, progress)
+    if not any(len(labels) for _, labels in data.splits.values()):
+        raise DataError(f"{source}: no usable images found")
+    val_split = _carve_val(data.splits, val_fraction, seed)
+    manifest = _manifest(source, data, val_split)
+    _write_atomically(out, data.splits, manifest)
+    return manifest
