@@ -62,10 +62,10 @@ def _downsampling_block(x, widths: tuple[int, int], cfg: ModelConfig, name: str)
         padding="same",
         use_bias=cfg.shortcut_bias,
         kernel_regularizer=_regularizer(cfg),
-        name=f"{name}_shortcut_conv",
+        name=f"{name}_skip_conv",
     )(x)
     if cfg.shortcut_batchnorm:
-        shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_skip_bn")(shortcut)
     x = _separable_bn(x, widths[0], cfg, f"{name}_1", relu_first=cfg.block_preactivation)
     x = _separable_bn(x, widths[1], cfg, f"{name}_2", relu_first=True)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
