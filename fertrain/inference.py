@@ -1,0 +1,205 @@
+"""Loading any classifier fertrain can evaluate or serve, and running it on 48x48 grayscale faces.
+
+A model is a run directory (its `model.keras`), a `.keras` file, a legacy `.h5`/`.hdf5` file or a
+TensorFlow SavedModel directory. Foreign models may take any square grayscale input size (faces are
+resized from 48x48, bilinear) and their own pixel scaling (`normalize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+
+from fertrain.config import EMOTIONS
+from fertrain.errors import ModelError
+
+RUN_MODEL_FILE = "model.keras"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+Normalization = Literal["raw", "unit", "symmetric"]
+TtaMode = Literal["none", "flip", "crops"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+# `crops` TTA: the face plus four copies shifted this many pixels diagonally (edges replicated).
+CROP_SHIFT = 3
+FACE_SIZE = 48
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, classes]."""
+
+    path: Path
+    run_dir: Path | None
+    input_size: int
+    forward: Callable[[np.ndarray], np.ndarray]
+
+
+def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
+    """(model file or SavedModel directory, run directory or None) for a user-given target."""
+    path = Path(target)
+    if path.is_dir():
+        if (path / RUN_MODEL_FILE).is_file():
+            return path / RUN_MODEL_FILE, path
+        if (path / "saved_model.pb").is_file():
+            return path, None
+        raise ModelError(
+            f"{path}: not a run directory (no {RUN_MODEL_FILE}) "
+            "nor a SavedModel directory (no saved_model.pb)"
+        )
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file or run directory")
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ModelError(
+            f"{path}: unsupported model file; expected .keras, .h5/.hdf5, a SavedModel directory "
+            "or a run directory"
+        )
+    return path, None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _square_grayscale_size(path: Path, shape: Sequence[int | None]) -> int:
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 1:
+        raise ModelError(
+            f"{path}: input shape {tuple(shape)} is not a square grayscale image (expected (None, S, S, 1))"
+        )
+    return int(shape[1])
+
+
+def _check_output(path: Path, shape: Sequence[int | None]) -> None:
+    if len(shape) != 2 or shape[1] != len(EMOTIONS):
+        raise ModelError(f"{path}: output shape {tuple(shape)} is not (None, {len(EMOTIONS)}) emotion scores")
+
+
+def load_keras_model(path: Path):
+    """A Keras model from a .keras/.h5 file, deserialized with safe_mode=True (no arbitrary code)."""
+    import keras
+
+    import fertrain.models  # noqa: F401  (fertrain's layers must be known before deserializing)
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files
+        raise ModelError(f"{path}: cannot load as a Keras model ({_first_line(exc)})") from None
+
+
+def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
+    model = load_keras_model(path)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"{path}: expected one input and one output, got {len(model.inputs)} and {len(model.outputs)}"
+        )
+    size = _square_grayscale_size(path, tuple(model.inputs[0].shape))
+    _check_output(path, tuple(model.outputs[0].shape))
+    return LoadedModel(path, run_dir, size, lambda batch: np.asarray(model.predict_on_batch(batch)))
+
+
+def _saved_model_classifier(path: Path) -> LoadedModel:
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TensorFlow raises several types for unreadable SavedModels
+        raise ModelError(f"{path}: cannot load as a SavedModel ({_first_line(exc)})") from None
+    signature = loaded.signatures.get("serving_default") or loaded.signatures.get("serve")
+    if signature is None:
+        raise ModelError(f"{path}: SavedModel has no 'serving_default' signature")
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path}: SavedModel signature must have one input and one output")
+    (input_name, input_spec), (output_name, output_spec) = *inputs.items(), *outputs.items()
+    size = _square_grayscale_size(path, tuple(input_spec.shape))
+    _check_output(path, tuple(output_spec.shape))
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return signature(**{input_name: tf.constant(batch, input_spec.dtype)})[output_name].numpy()
+
+    return LoadedModel(path, None, size, forward)
+
+
+def load_classifier(target: str | Path) -> LoadedModel:
+    path, run_dir = resolve_model_path(target)
+    if path.is_dir():
+        return _saved_model_classifier(path)
+    return _keras_classifier(path, run_dir)
+
+
+def scale_pixels(pixels: np.ndarray, normalize: str) -> np.ndarray:
+    """0-255 pixels to the scaling a model expects: raw 0-255, unit x/255, symmetric x/127.5-1."""
+    pixels = pixels.astype(np.float32)
+    if normalize == "raw":
+        return pixels
+    if normalize == "unit":
+        return pixels / np.float32(255.0)
+    if normalize == "symmetric":
+        return pixels / np.float32(127.5) - np.float32(1.0)
+    raise ModelError(f"unknown normalization {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def model_inputs(faces: np.ndarray, input_size: int, normalize: str) -> np.ndarray:
+    """uint8 faces [N, 48, 48] to float32 [N, S, S, 1], resized bilinearly, then scaled."""
+    pixels = faces.astype(np.float32)[..., None]
+    if pixels.shape[1:3] != (input_size, input_size):
+        import keras
+
+        resized = keras.ops.image.resize(pixels, (input_size, input_size), interpolation="bilinear")
+        pixels = keras.ops.convert_to_numpy(resized)
+    return scale_pixels(pixels, normalize)
+
+
+def tta_views(faces: np.ndarray, tta: str) -> list[np.ndarray]:
+    """The copies of each face whose probabilities are averaged: none 1, flip 2, crops 5."""
+    if tta == "none":
+        return [faces]
+    if tta == "flip":
+        return [faces, faces[:, :, ::-1]]
+    if tta == "crops":
+        s, size = CROP_SHIFT, faces.shape[1]
+        padded = np.pad(faces, ((0, 0), (s, s), (s, s)), mode="edge")
+        offsets = [(s, s), (0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s)]
+        return [padded[:, y : y + size, x : x + size] for y, x in offsets]
+    raise ModelError(f"unknown TTA mode {tta!r}: expected one of {', '.join(TTA_MODES)}")
+
+
+def _model_probabilities(
+    model: LoadedModel, faces: np.ndarray, normalize: str, batch_size: int
+) -> np.ndarray:
+    if len(faces) == 0:
+        return np.zeros((0, len(EMOTIONS)), dtype=np.float64)
+    batches = [
+        model.forward(model_inputs(faces[start : start + batch_size], model.input_size, normalize))
+        for start in range(0, len(faces), batch_size)
+    ]
+    probabilities = np.concatenate(batches).astype(np.float64)
+    row_sums = probabilities.sum(axis=1)
+    if np.any(probabilities < 0) or not np.allclose(row_sums, 1.0, atol=1e-3):
+        raise ModelError(
+            f"{model.path}: outputs are not probabilities (row sums "
+            f"{row_sums.min():.3g}..{row_sums.max():.3g}); fertrain expects a softmax output"
+        )
+    return probabilities
+
+
+def predict_probabilities(
+    models: Sequence[LoadedModel],
+    faces: np.ndarray,
+    normalize: str = "raw",
+    tta: str = "none",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Mean probabilities [N, classes] over every model (an ensemble) and every TTA view of uint8
+    faces [N, 48, 48]."""
+    views = tta_views(faces, tta)
+    total = np.zeros((len(faces), len(EMOTIONS)), dtype=np.float64)
+    for model in models:
+        for view in views:
+            total += _model_probabilities(model, np.ascontiguousarray(view), normalize, batch_size)
+    return total / (len(models) * len(views))

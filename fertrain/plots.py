@@ -1,0 +1,73 @@
+"""Figures for evaluations and reports, rendered off-screen (matplotlib Agg) to PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def confusion_png(counts: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:
+    """Heatmap coloured by the row-normalised share, each cell labelled with its count and share."""
+    counts = np.asarray(counts)
+    support = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support != 0)
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for row in range(len(class_names)):
+        for col in range(len(class_names)):
+            colour = "white" if shares[row, col] > 0.5 else "black"
+            text = f"{counts[row, col]}\n{shares[row, col]:.0%}"
+            axes.text(col, row, text, ha="center", va="center", fontsize=7, color=colour)
+    return _png(figure)
+
+
+def training_curves_png(history: pd.DataFrame) -> bytes:
+    """Loss, accuracy and learning rate per epoch, training next to validation."""
+    panels = [("loss", "loss"), ("accuracy", "accuracy"), ("learning_rate", "learning rate")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4))
+    epochs = history["epoch"]
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        if column in history:
+            ax.plot(epochs, history[column], marker=".", label="train")
+        if f"val_{column}" in history:
+            ax.plot(epochs, history[f"val_{column}"], marker=".", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        if ax.has_data() and column != "learning_rate":
+            ax.legend()
+    return _png(figure)
+
+
+def mistakes_grid_png(faces: np.ndarray, captions: Sequence[str], columns: int = 6) -> bytes:
+    """Grayscale faces in a grid, each captioned (true, predicted, probability)."""
+    rows = max(1, -(-len(faces) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < len(faces):
+            ax.imshow(faces[index], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[index], fontsize=8)
+    return _png(figure)

@@ -1,0 +1,55 @@
+"""Rich tables for the terminal output of evaluate, predict and export (built here, printed by the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['split']} split: {summary['num_images']} images", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("models", "\n".join(summary["models"]))
+    table.add_row("TTA / normalize", f"{summary['tta']} / {summary['normalize']}")
+    for key, label in [("accuracy", "accuracy"), ("top2_accuracy", "top-2 accuracy")]:
+        table.add_row(label, f"{summary[key]:.4f}")
+    table.add_row("loss", f"{summary['loss']:.4f}")
+    table.add_row("macro F1", f"{summary['macro_f1']:.4f}")
+    table.add_row("weighted F1", f"{summary['weighted_f1']:.4f}")
+    return table
+
+
+def per_class_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="per class")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in summary["per_class"]:
+        table.add_row(
+            row["class"],
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    return table
+
+
+def confusion_table(summary: dict[str, Any]) -> Table:
+    """Counts, each followed by its share of the true class."""
+    names = summary["class_names"]
+    table = Table(title="confusion matrix (rows true, columns predicted): count share")
+    table.add_column("true \\ predicted", style="bold")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, counts, shares in zip(
+        names, summary["confusion_matrix"], summary["confusion_matrix_normalized"], strict=True
+    ):
+        cells = [f"{count} [dim]{share:.0%}[/]" for count, share in zip(counts, shares, strict=True)]
+        table.add_row(name, *cells)
+    return table
+
+
+def evaluation_tables(summary: dict[str, Any]) -> list[Table]:
+    return [summary_table(summary), per_class_table(summary), confusion_table(summary)]
