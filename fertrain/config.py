@@ -116,7 +116,8 @@ class ModelConfig(Section):
     def _fill_from_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        preset = ARCHITECTURE_PRESETS.get(data.get("architecture", "mini_xception"), {})
+        # An unknown architecture still gets a full preset so that its one error is the only one.
+        preset = ARCHITECTURE_PRESETS.get(data.get("architecture"), _MINI_XCEPTION)
         return {**preset, **data}
 
     @field_validator("stem_widths", "entry_widths", "exit_widths", "exit_separable_widths")
@@ -133,13 +134,16 @@ class ModelConfig(Section):
             raise ValueError(f"every stride must be 1 or 2, got {strides}")
         widths = info.data.get("stem_widths")
         if widths is not None and len(widths) != len(strides):
-            raise ValueError(f"needs one stride per stem width ({len(widths)}), got {strides}")
+            raise ValueError(f"needs one stride per stem width ({len(widths)} widths), got {strides}")
         size = info.data.get("input_size")
         if size is not None:
             for stride in strides:
                 size = (size - 3) // stride + 1
             if size < 1:
-                raise ValueError(f"shrink the {info.data['input_size']}px input below 1 pixel, got {strides}")
+                raise ValueError(
+                    f"must leave at least 1 pixel of the {info.data['input_size']}px input "
+                    f"after the 3x3 'valid' stem convs, got {strides}"
+                )
         return strides
 
     @field_validator("middle_width")
@@ -266,6 +270,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"must be one of {ctx['expected']}, got {got!r}"
     if kind == "missing":
         return "is required"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} item(s), got {got!r}"
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
 
 
