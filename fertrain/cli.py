@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fertrain import __version__
 from fertrain.data.sources import SourceFormat
-from fertrain.errors import FertrainError
+from fertrain.errors import BelowThresholdError, FertrainError
 from fertrain.inference import Normalization, TtaMode
 
 app = typer.Typer(
@@ -107,8 +107,8 @@ def evaluate(
         for path in result.written:
             console.print(f"wrote {path}")
     if min_accuracy is not None and summary["accuracy"] < min_accuracy:
-        err_console.print(f"accuracy {summary['accuracy']:.4f} is below --min-accuracy {min_accuracy}")
-        raise typer.Exit(3)
+        accuracy = summary["accuracy"]
+        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
 
 
 @app.command()
@@ -190,6 +190,7 @@ def prepare(
     """Turn FER2013 in any form into DIR/{train,val,test}.npz and DIR/manifest.json."""
     import json
 
+    from rich import box
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -232,7 +233,10 @@ def prepare(
         typer.echo(json.dumps(manifest, indent=2))
         return
     source_info = manifest["source"]
-    table = Table(title=f"{source_info['name']} ({source_info['format']}: {source_info['layout']}) -> {out}")
+    table = Table(
+        title=f"{source_info['name']} ({source_info['format']}: {source_info['layout']}) -> {out}",
+        box=box.SIMPLE_HEAD,
+    )
     table.add_column("split")
     table.add_column("total", justify="right")
     for emotion in manifest["classes"]:
@@ -246,6 +250,65 @@ def prepare(
     if manifest["val_split"]["origin"] == "carved from train":
         carve = manifest["val_split"]
         console.print(f"val: {carve['fraction']:.0%} of each class of train (seed {carve['seed']})")
+
+
+@app.command()
+def train(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="YAML config file (not with --resume).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Prepared data directory (default: the config's data.dir).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config field (repeatable)."),
+    ] = None,
+    run_dir: Annotated[
+        str | None, typer.Option(help="Run directory to create (default: runs/<config name>-<UTC time>/).")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(metavar="RUN_DIR", help="Continue an interrupted run from its last completed epoch."),
+    ] = None,
+) -> None:
+    """Train a model from `fertrain prepare` output into a run directory.
+
+    The run directory gets config.yaml, model.keras (best val accuracy), last.keras, history.csv,
+    metrics.json and tensorboard/. Exit codes: 0 done, 2 bad input, 4 training diverged (NaN loss).
+    """
+    from fertrain.config import load_config
+    from fertrain.progress import training_reporter
+    from fertrain.training import train as run_training
+
+    if resume is not None and (config is not None or overrides):
+        raise typer.BadParameter("--resume continues a run with its saved config; drop --config and --set")
+    if resume is None and config is None:
+        raise typer.BadParameter("pass --config FILE (or --resume RUN_DIR)")
+    loaded = load_config(config, overrides or ()) if config is not None else None
+    reporter = training_reporter(console)
+    try:
+        result = run_training(loaded, data_dir=data, run_dir=run_dir, resume=resume, reporter=reporter)
+    finally:
+        reporter.close()
+    for note in result.notes:
+        console.print(note, highlight=False)
+    metrics = result.metrics
+    if result.run_dir is None:
+        return
+    best = (
+        f"best val accuracy {metrics['best_val_accuracy']:.4f} (val loss {metrics['best_val_loss']:.4f}) "
+        f"at epoch {metrics['best_epoch']}/{metrics['epochs_run']}"
+        if metrics["best_epoch"] is not None
+        else "no finite validation accuracy"
+    )
+    early = ", stopped early" if metrics["stopped_early"] else ""
+    speed = metrics["train_images_per_s"]
+    console.print(
+        f"{best}{early}; {metrics['wall_time_s']:.0f}s" + (f", {speed:,.0f} train images/s" if speed else ""),
+        highlight=False,
+    )
+    console.print(f"wrote {result.run_dir}", highlight=False)
 
 
 def main() -> None:

@@ -175,6 +175,7 @@ class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0)
     erasing_probability: float = Field(0.0, ge=0.0, le=1.0)
     erasing_max_area: float = Field(0.25, gt=0.0, le=1.0)
+    fill_mode: Literal["reflect", "nearest", "constant", "wrap"] = "reflect"
 
 
 class DataConfig(Section):
@@ -198,6 +199,7 @@ class ScheduleConfig(Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     min_learning_rate: float = Field(0.0, ge=0.0)
     one_cycle_start_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    one_cycle_div_factor: float = Field(25.0, ge=1.0, description="one-cycle starts at learning_rate / this")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(5, ge=1)
 

@@ -1,0 +1,134 @@
+"""Training-time augmentation as Keras preprocessing layers, run inside the training step.
+
+The augmentation lives in `AugmentedTrainer`, a training-only wrapper around the network; the saved
+model (`model.keras`) is the bare network, so serving needs raw pixels and no fertrain code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from fertrain.config import AugmentConfig
+
+# Aspect-ratio range of an erased rectangle, from Zhong et al., "Random Erasing Data Augmentation" (2017).
+ERASING_ASPECT_RANGE = (0.3, 1 / 0.3)
+ERASING_MIN_AREA = 0.02
+
+
+@keras.saving.register_keras_serializable(package="fertrain")
+class RandomErasing(keras.layers.Layer):
+    """With probability `probability`, replaces one random rectangle of each image with uniform noise.
+
+    The rectangle covers a uniform fraction in [`min_area`, `max_area`] of the image with a
+    log-uniform aspect ratio; a no-op outside training.
+    """
+
+    def __init__(
+        self,
+        probability: float,
+        max_area: float,
+        min_area: float = ERASING_MIN_AREA,
+        value_range: tuple[float, float] = (0.0, 255.0),
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.probability = probability
+        self.max_area = max_area
+        self.min_area = min(min_area, max_area)
+        self.value_range = tuple(value_range)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training or self.probability == 0:
+            return images
+        batch = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+
+        def uniform(shape, low=0.0, high=1.0):
+            return keras.random.uniform(shape, low, high, dtype=self.compute_dtype, seed=self.seed_generator)
+
+        area = uniform((batch,), self.min_area, self.max_area)
+        log_low, log_high = (math.log(r) for r in ERASING_ASPECT_RANGE)
+        aspect = ops.exp(uniform((batch,), log_low, log_high))
+        box_height = ops.clip(ops.sqrt(area * aspect) * height, 1.0, float(height))
+        box_width = ops.clip(ops.sqrt(area / aspect) * width, 1.0, float(width))
+        top = uniform((batch,)) * (height - box_height)
+        left = uniform((batch,)) * (width - box_width)
+
+        rows = ops.reshape(ops.arange(height, dtype=self.compute_dtype), (1, height, 1, 1))
+        cols = ops.reshape(ops.arange(width, dtype=self.compute_dtype), (1, 1, width, 1))
+
+        def per_image(values):
+            return ops.reshape(values, (-1, 1, 1, 1))
+
+        inside = (
+            (rows >= per_image(top))
+            & (rows < per_image(top + box_height))
+            & (cols >= per_image(left))
+            & (cols < per_image(left + box_width))
+        )
+        erase = per_image(uniform((batch,)) < self.probability)
+        noise = uniform(ops.shape(images), *self.value_range)
+        return ops.where(inside & erase, noise, images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "probability": self.probability,
+            "max_area": self.max_area,
+            "min_area": self.min_area,
+            "value_range": self.value_range,
+            "seed": self.seed,
+        }
+
+
+def build_augmentation(config: AugmentConfig, image_size: int, seed: int) -> keras.Sequential:
+    """The configured transforms in a fixed order; a strength of 0 (or false) leaves a transform out.
+
+    Layers compute in float32 whatever the global dtype policy: interpolating pixel values in
+    float16/bfloat16 would quantize them before the network sees them.
+    """
+    common = {"dtype": "float32"}
+    geometric = {"fill_mode": config.fill_mode, **common}
+    layers: list[keras.layers.Layer] = []
+    if config.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, **common))
+    if config.rotation_degrees:
+        layers.append(
+            keras.layers.RandomRotation(config.rotation_degrees / 360.0, seed=seed + 1, **geometric)
+        )
+    if config.zoom:
+        layers.append(keras.layers.RandomZoom(config.zoom, seed=seed + 2, **geometric))
+    if config.shift:
+        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, seed=seed + 3, **geometric))
+    if config.crop_padding:
+        layers.append(keras.layers.ZeroPadding2D(config.crop_padding, **common))
+        layers.append(keras.layers.RandomCrop(image_size, image_size, seed=seed + 4, **common))
+    if config.erasing_probability:
+        layers.append(
+            RandomErasing(config.erasing_probability, config.erasing_max_area, seed=seed + 5, **common)
+        )
+    return keras.Sequential(layers, name="augmentation")
+
+
+class AugmentedTrainer(keras.Model):
+    """Fits `network` on augmented pixels; validation and inference pass raw pixels straight through."""
+
+    def __init__(self, network: keras.Model, augmentation: keras.Sequential, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.augmentation = augmentation
+
+    def call(self, images, training=False):
+        images = ops.cast(images, "float32")
+        if training and self.augmentation.layers:
+            images = self.augmentation(images, training=True)
+        return self.network(images, training=training)

@@ -1,0 +1,132 @@
+"""Optimizers and learning-rate schedules from `TrainConfig`.
+
+Schedules are functions of the optimizer step (0-based: `schedule(t)` is the rate of update t), so
+they are exact under resume: the step counter is part of the restored optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from fertrain.config import OptimizerConfig, ScheduleConfig, TrainConfig
+
+# Normalization and bias parameters are not decayed: shrinking them only fights the normalization.
+NO_DECAY_NAMES = ("bias", "gamma", "beta")
+
+
+@keras.saving.register_keras_serializable(package="fertrain")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup_steps`, then half a cosine down to `floor` at `total_steps`.
+
+    lr(t) = peak * (t + 1) / W                                   for t < W
+    lr(t) = floor + (peak - floor) * (1 + cos(pi * p)) / 2,      p = min(1, (t - W) / (T - W))
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, floor: float = 0.0):
+        self.peak = peak
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.floor = floor
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = float(max(self.warmup_steps, 1))
+        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.floor + (self.peak - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        warming = self.peak * (step + 1.0) / warmup
+        return ops.where(step < self.warmup_steps, warming, cosine)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "floor": self.floor,
+        }
+
+
+@keras.saving.register_keras_serializable(package="fertrain")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle policy (Smith 2018, cosine form as in PyTorch's OneCycleLR).
+
+    Rises from peak / div_factor to `peak` over the first `rise_fraction` of the steps, then falls
+    to `floor` at `total_steps`, both along half cosines.
+    """
+
+    def __init__(self, peak: float, total_steps: int, rise_fraction: float, div_factor: float, floor: float):
+        self.peak = peak
+        self.total_steps = total_steps
+        self.rise_fraction = rise_fraction
+        self.div_factor = div_factor
+        self.floor = floor
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        start = self.peak / self.div_factor
+        rise_steps = max(self.rise_fraction * self.total_steps, 1.0)
+        fall_steps = max(self.total_steps - rise_steps, 1.0)
+        rising = ops.clip(step / rise_steps, 0.0, 1.0)
+        falling = ops.clip((step - rise_steps) / fall_steps, 0.0, 1.0)
+        up = start + (self.peak - start) * 0.5 * (1.0 - ops.cos(math.pi * rising))
+        down = self.floor + (self.peak - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * falling))
+        return ops.where(step < rise_steps, up, down)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "rise_fraction": self.rise_fraction,
+            "div_factor": self.div_factor,
+            "floor": self.floor,
+        }
+
+
+def build_schedule(
+    schedule: ScheduleConfig, learning_rate: float, epochs: int, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A per-step schedule, or a plain rate for `constant` and `reduce_on_plateau` (a callback lowers it)."""
+    total_steps = epochs * steps_per_epoch
+    if schedule.name == "cosine":
+        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
+        return WarmupCosine(learning_rate, total_steps, warmup_steps, schedule.min_learning_rate)
+    if schedule.name == "one_cycle":
+        return OneCycle(
+            learning_rate,
+            total_steps,
+            schedule.one_cycle_start_fraction,
+            schedule.one_cycle_div_factor,
+            schedule.min_learning_rate,
+        )
+    return learning_rate
+
+
+def build_optimizer(
+    train: TrainConfig, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
+) -> keras.optimizers.Optimizer:
+    settings: OptimizerConfig = train.optimizer
+    # AdamW insists on a float; for the others None skips the decay step entirely.
+    decay = {"weight_decay": train.weight_decay if settings.name == "adamw" else train.weight_decay or None}
+    if settings.name in ("adam", "adamw"):
+        adam = keras.optimizers.AdamW if settings.name == "adamw" else keras.optimizers.Adam
+        optimizer = adam(
+            learning_rate,
+            beta_1=settings.beta_1,
+            beta_2=settings.beta_2,
+            epsilon=settings.epsilon,
+            **decay,
+        )
+    elif settings.name == "sgd":
+        optimizer = keras.optimizers.SGD(
+            learning_rate, momentum=settings.momentum, nesterov=settings.nesterov, **decay
+        )
+    else:
+        optimizer = keras.optimizers.RMSprop(
+            learning_rate, momentum=settings.momentum, epsilon=settings.epsilon, **decay
+        )
+    if train.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    return optimizer

@@ -1,0 +1,406 @@
+"""`fertrain train`: fits a model on a prepared dataset into a run directory that can be resumed.
+
+A run directory holds the resolved `config.yaml`, `model.keras` (best validation accuracy),
+`last.keras`, `history.csv`, `metrics.json`, `tensorboard/`, and while training runs `backup/`
+(weights, optimizer state and epoch count of the last completed epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from fertrain.augmentation import AugmentedTrainer, build_augmentation
+from fertrain.batches import ArrayBatches, class_weights
+from fertrain.callbacks import (
+    AtomicBackupAndRestore,
+    DivergenceGuard,
+    EpochEndHook,
+    EpochSeeding,
+    History,
+    HistoryCSV,
+    LearningRateLog,
+    NetworkCheckpoints,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    Stopwatch,
+    TrainingReporter,
+    read_backup_state,
+    reporter_callback,
+)
+from fertrain.config import Config, dump_config, load_config
+from fertrain.data.dataset import load_split
+from fertrain.errors import ConfigError, DataError, ModelError
+from fertrain.fileio import write_atomic
+from fertrain.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
+from fertrain.schedules import build_optimizer, build_schedule
+
+CONFIG_FILE = "config.yaml"
+BEST_MODEL = "model.keras"
+LAST_MODEL = "last.keras"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+BACKUP_DIR = "backup"
+TENSORBOARD_DIR = "tensorboard"
+MONITOR = "val_accuracy"
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    run_dir: Path | None  # None on a multi-worker worker other than the chief
+    metrics: dict[str, Any]
+    resumed_from_epoch: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Splits:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+
+def train(
+    config: Config | None = None,
+    data_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    reporter: TrainingReporter | None = None,
+    runs_root: str | Path = "runs",
+) -> TrainingResult:
+    """Trains `config` into a new run directory, or continues the run in `resume`.
+
+    `data_dir` overrides `config.data.dir`. Nothing is written before the config, the data and the
+    model have been checked.
+    """
+    session_start = time.perf_counter()
+    if resume is not None:
+        if config is not None or run_dir is not None:
+            raise ConfigError(
+                "--resume continues a run with its own saved config; drop --config and --run-dir"
+            )
+        config = read_run_config(resume)
+    elif config is None:
+        raise ConfigError("no config given: pass --config FILE (or --resume RUN_DIR)")
+    config = _with_data_dir(config, data_dir)
+    runtime = resolve_runtime(config.train)
+    seed_everything(config.train.seed, config.train.deterministic)
+    splits = _load_splits(config)
+    weights = class_weights(config.train, splits.train_labels, config.model.num_classes)
+    train_batches = ArrayBatches(
+        splits.train_images,
+        splits.train_labels,
+        config.model.num_classes,
+        config.data.batch_size,
+        shuffle_seed=config.train.seed,
+        class_weights=weights,
+    )
+    val_batches = ArrayBatches(
+        splits.val_images, splits.val_labels, config.model.num_classes, config.data.batch_size
+    )
+    schedule = build_schedule(
+        config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
+    )
+    trainer = _compile_trainer(config, runtime, schedule)
+
+    output_dir = _claim_output_dir(config, runtime, run_dir, resume, runs_root)
+    try:
+        completed = _completed_epochs(output_dir) if resume is not None else 0
+        past = _truncate_history(output_dir / HISTORY_FILE, completed)
+        previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
+        if resume is None:
+            write_atomic(output_dir / CONFIG_FILE, dump_config(config))
+        stopwatch = Stopwatch()
+
+        def session_elapsed() -> float:
+            return time.perf_counter() - session_start
+
+        def record_epoch(epoch: int, logs: dict[str, Any]) -> None:
+            _write_metrics(output_dir, config, runtime, splits, stopwatch, previous_wall + session_elapsed())
+
+        callbacks = _callbacks(
+            config, trainer, train_batches, schedule, output_dir, past, stopwatch, record_epoch
+        )
+        if reporter is not None:
+            callbacks.insert(0, reporter_callback(reporter, config.train.epochs, len(train_batches)))
+            reporter.training_started(
+                output_dir if runtime.is_chief else None,
+                _plan(config, runtime, splits, completed, len(train_batches)),
+            )
+        trainer.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=config.train.epochs,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        metrics = _write_metrics(
+            output_dir, config, runtime, splits, stopwatch, previous_wall + session_elapsed(), finished=True
+        )
+        shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
+    finally:
+        if not runtime.is_chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    notes = (
+        () if runtime.is_chief else (f"worker {runtime.worker_index}: the chief (worker 0) wrote the run",)
+    )
+    return TrainingResult(
+        run_dir=output_dir if runtime.is_chief else None,
+        metrics=metrics,
+        resumed_from_epoch=completed,
+        notes=notes,
+    )
+
+
+def _plan(config: Config, runtime: Runtime, splits: Splits, completed: int, steps: int) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "resumed_from_epoch": completed,
+        "epochs": config.train.epochs,
+        "steps_per_epoch": steps,
+        "train_images": len(splits.train_labels),
+        "val_images": len(splits.val_labels),
+        "backend": runtime.backend,
+        "devices": runtime.devices,
+        "mixed_precision": runtime.mixed_precision,
+        "jit_compile": runtime.jit_compile,
+        "distribution": runtime.distribution,
+        "workers": runtime.num_workers,
+        "worker": runtime.worker_index,
+    }
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The saved config of a run directory that can still be resumed."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: run directory not found")
+    if not config_path.is_file():
+        raise ModelError(f"{run_dir}: not a fertrain run directory (no {CONFIG_FILE})")
+    if _read_metrics(run_dir).get("status") == "finished":
+        raise ModelError(f"{run_dir}: this run already finished; start a new run instead of resuming it")
+    return load_config(config_path)
+
+
+def _with_data_dir(config: Config, data_dir: str | Path | None) -> Config:
+    directory = Path(data_dir if data_dir is not None else config.data.dir).expanduser().resolve()
+    return config.model_copy(update={"data": config.data.model_copy(update={"dir": str(directory)})})
+
+
+def _load_splits(config: Config) -> Splits:
+    data_dir = config.data.dir
+    train_images, train_labels = load_split(data_dir, "train")
+    val_images, val_labels = load_split(data_dir, "val")
+    size = config.model.input_size
+    for split, images, labels in (("train", train_images, train_labels), ("val", val_images, val_labels)):
+        if len(labels) == 0:
+            raise DataError(f"{data_dir}/{split}.npz: has no images")
+        if images.shape[1:] != (size, size):
+            raise DataError(
+                f"{data_dir}/{split}.npz: images are {images.shape[1]}x{images.shape[2]} but "
+                f"model.input_size is {size}"
+            )
+        if labels.max() >= config.model.num_classes:
+            raise DataError(
+                f"{data_dir}/{split}.npz: label {int(labels.max())} but model.num_classes is "
+                f"{config.model.num_classes}"
+            )
+    return Splits(train_images, train_labels, val_images, val_labels)
+
+
+def _compile_trainer(config: Config, runtime: Runtime, schedule) -> AugmentedTrainer:
+    from fertrain.models import build_model
+
+    size = config.model.input_size
+    with runtime.scope():
+        with dtype_policy(runtime.dtype_policy):
+            network = build_model(config.model)
+            augmentation = build_augmentation(config.data.augment, size, config.train.seed)
+            trainer = AugmentedTrainer(network, augmentation, name="trainer")
+        trainer.compile(
+            optimizer=build_optimizer(config.train, schedule),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=runtime.jit_compile,
+            steps_per_execution=config.train.steps_per_execution,
+        )
+    return trainer
+
+
+def _claim_output_dir(
+    config: Config, runtime: Runtime, run_dir: str | Path | None, resume: str | Path | None, runs_root
+) -> Path:
+    """The directory this process writes: the run itself on the chief, a scratch copy on other workers
+    (whose writes must happen, collectively, but must not collide with the chief's)."""
+    if not runtime.is_chief:
+        return Path(tempfile.mkdtemp(prefix=f"fertrain-worker{runtime.worker_index}-"))
+    if resume is not None:
+        return Path(resume)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ConfigError(
+                f"{run_dir}: already exists and is not empty; resume it with --resume or pick another"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_root) / f"{config.name}-{stamp}"
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{base}: could not find a free run directory name")
+
+
+def _completed_epochs(run_dir: Path) -> int:
+    state = read_backup_state(run_dir / BACKUP_DIR)
+    return 0 if state is None else int(state["epoch"])
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _truncate_history(path: Path, completed: int) -> History:
+    """Drops rows of epochs the backup does not cover (a kill between the two writes) and returns the rest."""
+    rows = [row for row in read_history(path) if row["epoch"] <= completed]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle))
+    lines = [",".join(header)] + [",".join(_csv_number(row[key]) for key in header) for row in rows]
+    write_atomic(path, "\n".join(lines) + "\n")
+    return rows
+
+
+def _csv_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def _callbacks(
+    config: Config,
+    trainer: AugmentedTrainer,
+    train_batches: ArrayBatches,
+    schedule,
+    output_dir: Path,
+    past: History,
+    stopwatch: Stopwatch,
+    record_epoch,
+) -> list[keras.callbacks.Callback]:
+    """Order matters: epoch-end logs are completed before they are written, and the backup is last."""
+    train = config.train
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochSeeding(train_batches, train.seed),
+        DivergenceGuard(),
+        stopwatch,
+        LearningRateLog(schedule),
+    ]
+    if train.schedule.name == "reduce_on_plateau":
+        callbacks.append(
+            ResumableReduceLROnPlateau(
+                past,
+                train.optimizer.learning_rate,
+                monitor="val_loss",
+                mode="min",
+                factor=train.schedule.plateau_factor,
+                patience=train.schedule.plateau_patience,
+                min_lr=train.schedule.min_learning_rate,
+            )
+        )
+    callbacks += [
+        HistoryCSV(str(output_dir / HISTORY_FILE), append=True),
+        NetworkCheckpoints(trainer.network, output_dir / BEST_MODEL, output_dir / LAST_MODEL, past, MONITOR),
+    ]
+    if train.early_stopping_patience:
+        callbacks.append(
+            ResumableEarlyStopping(past, monitor=MONITOR, mode="max", patience=train.early_stopping_patience)
+        )
+    if _tensorboard_available():
+        callbacks.append(
+            keras.callbacks.TensorBoard(str(output_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0)
+        )
+    callbacks += [EpochEndHook(record_epoch), AtomicBackupAndRestore(output_dir / BACKUP_DIR)]
+    return callbacks
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401  (Keras writes TensorBoard summaries with tf.summary)
+    except ImportError:
+        return False
+    return True
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def _write_metrics(
+    output_dir: Path,
+    config: Config,
+    runtime: Runtime,
+    splits: Splits,
+    stopwatch: Stopwatch,
+    wall_time_s: float,
+    finished: bool = False,
+) -> dict[str, Any]:
+    history = read_history(output_dir / HISTORY_FILE)
+    scores = [row.get(MONITOR, math.nan) for row in history]
+    best = int(np.nanargmax(scores)) if history and not all(map(math.isnan, scores)) else None
+    metrics = {
+        "status": "finished" if finished else "running",
+        "best_epoch": None if best is None else int(history[best]["epoch"]),
+        "best_val_accuracy": None if best is None else history[best][MONITOR],
+        "best_val_loss": None if best is None else history[best]["val_loss"],
+        "epochs_run": len(history),
+        "epochs_planned": config.train.epochs,
+        "stopped_early": finished and len(history) < config.train.epochs,
+        "wall_time_s": round(wall_time_s, 3),
+        "train_images_per_s": _throughput(stopwatch, len(splits.train_labels)),
+        "train_images": len(splits.train_labels),
+        "val_images": len(splits.val_labels),
+        "backend": runtime.backend,
+        "devices": runtime.devices,
+        "mixed_precision": runtime.mixed_precision,
+        "jit_compile": runtime.jit_compile,
+        "distribution": runtime.distribution,
+        "workers": runtime.num_workers,
+        "versions": versions(),
+    }
+    write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _throughput(stopwatch: Stopwatch, images_per_epoch: int) -> float | None:
+    """Training images/s of this session, leaving out its first epoch (tracing, compilation) if it can."""
+    seconds = stopwatch.train_seconds[1:] or stopwatch.train_seconds
+    if not seconds:
+        return None
+    return round(images_per_epoch * len(seconds) / sum(seconds), 1)
