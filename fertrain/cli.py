@@ -191,7 +191,7 @@ def prepare(
     import json
 
     from rich import box
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from fertrain.data.prepare import prepare as prepare_dataset
@@ -199,7 +199,7 @@ def prepare(
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,

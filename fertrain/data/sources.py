@@ -179,6 +179,7 @@ def _read_archive(
         with tempfile.TemporaryDirectory(prefix="fertrain-extract-") as directory:
             progress("extracting", 0, 1)
             archive.extract_to(Path(directory))
+            progress("extracting", 1, 1)
             return _read_directory(Path(directory), name, fmt, bad_rows, progress)
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise DataError(f"{name}: damaged archive ({exc})") from None
