@@ -29,3 +29,9 @@ class TrainingDivergedError(FertrainError):
     """Training produced a NaN/inf loss."""
 
     exit_code = 4
+
+
+class BelowThresholdError(FertrainError):
+    """A quality gate failed, e.g. `evaluate --min-accuracy`: the result is valid but not good enough."""
+
+    exit_code = 3
