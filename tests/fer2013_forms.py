@@ -86,6 +86,15 @@ def write_zip(rows, path: Path) -> Path:
     return path
 
 
+def write_competition_zip(rows, path: Path) -> Path:
+    """The Kaggle competition download: a zip holding fer2013.tar.gz and other files."""
+    tar_gz = write_tar_gz(rows, path.with_name("fer2013.tar.gz"))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(tar_gz, "fer2013.tar.gz")
+        archive.writestr("example_submission.csv", "Id,Emotion\n")
+    return path
+
+
 def write_image_folder(rows, root: Path) -> Path:
     """train/<emotion>/Training_<row>.png; PublicTest and PrivateTest rows in test/, as on Kaggle."""
     for index, (emotion, pixels, usage) in enumerate(rows):

@@ -10,6 +10,7 @@ from fer2013_forms import (
     expected_splits,
     first_rows_per_usage,
     sample_rows,
+    write_competition_zip,
     write_csv,
     write_csv_gz,
     write_icml,
@@ -68,6 +69,7 @@ def test_sample_prepares_to_the_rows_read_one_pixel_at_a_time(prepared_sample, e
         (write_csv_gz, "fer2013.csv.gz", "fer2013.csv"),
         (write_tar_gz, "fer2013.tar.gz", "fer2013.csv"),
         (write_zip, "fer2013.zip", "fer2013.csv"),
+        (write_competition_zip, "challenge.zip", "fer2013.csv"),
     ],
 )
 def test_csv_forms_give_identical_arrays(tmp_path, rows, expected, writer, name, layout):

@@ -25,8 +25,8 @@ WHERE_TO_GET = (
     "download FER2013 from Kaggle as described in data/README.md, "
     "or try the bundled sample data/sample/fer2013_sample.csv.gz"
 )
-# File names Kaggle uses for the CSV forms, most specific first.
-CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+# File names Kaggle uses for the CSV forms, most direct first.
+KAGGLE_FILE_NAMES = ("fer2013.csv", "icml_face_data.csv", "fer2013.csv.gz", "fer2013.tar.gz")
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
@@ -98,7 +98,7 @@ def _read_directory(root: Path, name: str, fmt: str, bad_rows: BadRows, progress
         return read_numpy_files(found, root, name, bad_rows, progress)
     if fmt in ("auto", "image-folder") and (found := find_image_folder(root)):
         return read_image_folder(found, root, name, bad_rows, progress)
-    if fmt in ("auto", "csv") and (found := _find_csv(root)):
+    if fmt in ("auto", "csv") and (found := _find_kaggle_file(root)):
         relative = found.relative_to(root).as_posix()
         return _read_file_bytes(_read_bytes(found), f"{name}/{relative}", fmt, bad_rows, progress)
     expected = {
@@ -111,9 +111,9 @@ def _read_directory(root: Path, name: str, fmt: str, bad_rows: BadRows, progress
     raise DataError(f"{name}: no FER2013 data found (expected {expected}); {WHERE_TO_GET}")
 
 
-def _find_csv(root: Path) -> Path | None:
-    for csv_name in CSV_NAMES:
-        for depth_pattern in (csv_name, f"*/{csv_name}"):
+def _find_kaggle_file(root: Path) -> Path | None:
+    for file_name in KAGGLE_FILE_NAMES:
+        for depth_pattern in (file_name, f"*/{file_name}"):
             matches = sorted(root.glob(depth_pattern))
             if matches:
                 return matches[0]
@@ -158,9 +158,9 @@ class _ZipArchive:
         self.zip.extractall(directory)
 
 
-def _csv_member(members: list[str]) -> str | None:
-    for csv_name in CSV_NAMES:
-        matches = sorted(m for m in members if m.rsplit("/", 1)[-1] == csv_name)
+def _kaggle_member(members: list[str]) -> str | None:
+    for file_name in KAGGLE_FILE_NAMES:
+        matches = sorted(m for m in members if m.rsplit("/", 1)[-1] == file_name)
         if matches:
             return min(matches, key=lambda m: m.count("/"))
     return None
@@ -170,12 +170,12 @@ def _read_archive(
     archive: _TarArchive | _ZipArchive, name: str, fmt: str, bad_rows: BadRows, progress: Progress
 ) -> SourceData:
     members = archive.members()
-    member = _csv_member(members) if fmt in ("auto", "csv") else None
+    member = _kaggle_member(members) if fmt in ("auto", "csv") else None
     if member is None and fmt in ("auto", "csv"):
         member = next((m for m in members if m.endswith(".csv") and _member_is_fer2013(archive, m)), None)
     try:
         if member is not None:
-            return read_fer2013_csv(archive.read(member), f"{name}:{member}", bad_rows, progress)
+            return _read_file_bytes(archive.read(member), f"{name}:{member}", fmt, bad_rows, progress)
         with tempfile.TemporaryDirectory(prefix="fertrain-extract-") as directory:
             progress("extracting", 0, 1)
             archive.extract_to(Path(directory))
