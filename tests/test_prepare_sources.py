@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_main import run_cli
 from fer2013_forms import (
     expected_splits,
     first_rows_per_usage,
@@ -159,3 +160,15 @@ def test_csv_without_some_splits_records_them_missing(tmp_path, rows):
 def test_format_option_overrides_detection(tmp_path, rows):
     source = write_csv(rows, tmp_path / "faces.txt")
     assert prepare(source, tmp_path / "out", fmt="csv")["splits"]["train"]["count"] == 700
+
+
+def test_cli_prints_class_count_table_or_json(tmp_path, sample_csv, capsys, monkeypatch):
+    code, out, err = run_cli(["prepare", sample_csv, "--out", tmp_path / "table"], capsys, monkeypatch)
+    assert code == 0 and err == ""
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert lines["train"] == ["700"] + ["100"] * 7
+    assert lines["val"] == lines["test"] == ["210"] + ["30"] * 7
+
+    code, out, _ = run_cli(["prepare", sample_csv, "--out", tmp_path / "json", "--json"], capsys, monkeypatch)
+    assert code == 0
+    assert json.loads(out) == load_manifest(tmp_path / "json")

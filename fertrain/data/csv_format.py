@@ -83,10 +83,9 @@ def _parse_pixels(value: bytes) -> np.ndarray | str:
     pixels = np.fromstring(value, dtype=np.int64, sep=" ")
     if pixels.size != PIXELS_PER_IMAGE:
         return f"expected {PIXELS_PER_IMAGE} space-separated pixels, got {pixels.size}"
-    brightest = int(pixels.max())
-    if brightest > 255:
-        position = int(np.argmax(pixels > 255)) + 1
-        return f"pixel {position} is {min(brightest, 10**6)}{'+' * (brightest > 10**6)}, outside 0-255"
+    if pixels.max() > 255:
+        position = int(np.argmax(pixels > 255))
+        return f"pixel {position + 1} is {pixels[position]}, outside 0-255"
     return pixels
 
 
