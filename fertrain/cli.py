@@ -170,8 +170,12 @@ PREPARE_SOURCES = (
 
 @app.command(epilog=PREPARE_SOURCES)
 def prepare(
-    source: Annotated[str, typer.Argument(help="FER2013 in any accepted form (see below).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write; replaced atomically.")],
+    source: Annotated[
+        str, typer.Argument(metavar="SOURCE", help="FER2013 in any accepted form (see below).")
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="DIR", help="Directory to write; replaced atomically.")
+    ],
     source_format: Annotated[
         SourceFormat, typer.Option("--format", help="Source form; auto detects it.")
     ] = "auto",
