@@ -121,7 +121,7 @@ def plot(model: keras.Model, path: str | Path) -> Path:
     # Drawn next to the target, then renamed, so an existing file is never left half-written.
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        keras.utils.plot_model(model, to_file=str(partial), show_shapes=True, show_layer_names=True)
+        keras.utils.plot_model(model, to_file=str(partial), show_shapes=True, show_layer_names=True, dpi=96)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
