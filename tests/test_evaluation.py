@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cli_main import run_cli
-from run_dirs import tiny_run
+from run_dirs import tiny_model_file, tiny_run
 from sklearn import metrics as skm
 
 from fertrain.data.dataset import load_split
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, prepared_sample):
-    return tiny_run(tmp_path_factory.getbasetemp(), prepared_sample, seed=0)
+    return tiny_run(tmp_path_factory.getbasetemp(), prepared_sample)
 
 
 @pytest.fixture(scope="module")
-def second_run_dir(tmp_path_factory, prepared_sample):
-    return tiny_run(tmp_path_factory.getbasetemp(), prepared_sample, seed=1)
+def second_model(tmp_path_factory, prepared_sample):
+    return tiny_model_file(tmp_path_factory.getbasetemp(), prepared_sample, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +75,14 @@ def test_run_dir_metrics_match_direct_prediction_and_files_are_written(
     assert set(result.written) == {run_dir / "evaluation-test.json", run_dir / "confusion-test.png"}
 
 
-def test_ensemble_is_the_mean_of_its_members(run_dir, second_run_dir, prepared_sample):
+def test_ensemble_is_the_mean_of_its_members(run_dir, second_model, prepared_sample):
     first = evaluate([run_dir], prepared_sample, split="val").probabilities
-    second = evaluate([second_run_dir], prepared_sample, split="val").probabilities
+    second = evaluate([second_model], prepared_sample, split="val").probabilities
     assert np.abs(first - second).max() > 1e-3  # two different models
-    ensemble = evaluate([run_dir, second_run_dir / "model.keras"], prepared_sample, split="val")
+    ensemble = evaluate([run_dir, second_model], prepared_sample, split="val")
     np.testing.assert_allclose(ensemble.probabilities, (first + second) / 2, atol=1e-7)
     assert ensemble.written == ()  # an ensemble belongs to no single run directory
-    assert ensemble.summary["models"] == [str(run_dir / "model.keras"), str(second_run_dir / "model.keras")]
+    assert ensemble.summary["models"] == [str(run_dir / "model.keras"), str(second_model)]
 
 
 def test_tta_flip_and_crops_average_the_documented_views(
