@@ -258,17 +258,21 @@ def test_plot_draws_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert f"wrote {target}" in out.replace("\n", "")
 
 
+# Runs in a fresh interpreter under another backend: builds both heads, loads the TF-saved model.
 BACKEND_SCRIPT = """
-import sys, keras, numpy as np
-import fertrain.models
-from fertrain.config import load_config
-assert keras.backend.backend() == sys.argv[1], keras.backend.backend()
-cfg = load_config(sys.argv[2]).model
-model = fertrain.models.build_model(cfg)
-saved = keras.saving.load_model(sys.argv[3], safe_mode=True)
-faces = np.load(sys.argv[4])
-print(model.count_params(), model.predict(faces, verbose=0).sum(axis=1).round(5).tolist())
-np.save(sys.argv[5], saved.predict(faces, verbose=0))
+import json, sys, keras, numpy as np
+from fertrain.config import ModelConfig, load_config
+from fertrain.models import build_model
+spec = json.loads(sys.argv[1])
+quickstart = build_model(load_config(spec["config"]).model)
+tiny_xception = build_model(ModelConfig(**spec["tiny_xception"]))
+faces = np.load(spec["faces"])
+np.save(spec["out"], keras.saving.load_model(spec["model"], safe_mode=True).predict(faces, verbose=0))
+print(json.dumps({
+    "backend": keras.backend.backend(),
+    "params": [quickstart.count_params(), tiny_xception.count_params()],
+    "row_sums": quickstart.predict(faces, verbose=0).sum(axis=1).tolist(),
+}))
 """
 
 
@@ -277,25 +281,27 @@ np.save(sys.argv[5], saved.predict(faces, verbose=0))
 def test_builds_and_loads_under_another_backend(backend: str, tmp_path: Path) -> None:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    config = CONFIGS / "quickstart.yaml"
-    model = build_model(load_config(config).model)
-    model.save(tmp_path / "model.keras")
+    spec = {
+        "config": str(CONFIGS / "quickstart.yaml"),
+        "tiny_xception": TINY_XCEPTION.model_dump(),
+        "model": str(tmp_path / "model.keras"),
+        "faces": str(tmp_path / "faces.npy"),
+        "out": str(tmp_path / "out.npy"),
+    }
+    model = build_model(load_config(spec["config"]).model)
+    model.save(spec["model"])
     faces = random_faces(4)
-    np.save(tmp_path / "faces.npy", faces)
-    args = [
-        str(config),
-        str(tmp_path / "model.keras"),
-        str(tmp_path / "faces.npy"),
-        str(tmp_path / "out.npy"),
-    ]
+    np.save(spec["faces"], faces)
     done = subprocess.run(
-        [sys.executable, "-c", BACKEND_SCRIPT, backend, *args],
+        [sys.executable, "-c", BACKEND_SCRIPT, json.dumps(spec)],
         env={**os.environ, "KERAS_BACKEND": backend},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[0] == str(model.count_params())
-    assert json.loads(done.stdout.split(" ", 1)[1]) == [1.0] * 4
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(faces, verbose=0), atol=1e-5)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == backend
+    assert report["params"] == [model.count_params(), build_model(TINY_XCEPTION).count_params()]
+    np.testing.assert_allclose(report["row_sums"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.load(spec["out"]), model.predict(faces, verbose=0), atol=1e-5)
