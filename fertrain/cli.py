@@ -315,6 +315,31 @@ def train(
     console.print(f"wrote {result.run_dir}", highlight=False)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[
+        str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
+    ],
+    data: Annotated[
+        str | None, typer.Option(help="Prepared data directory (default: the run's data.dir).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split the model is evaluated on: train, val or test.")] = "test",
+    mistakes: Annotated[int, typer.Option(min=0, help="Most confident mistakes shown.")] = 24,
+) -> None:
+    """Write RUN_DIR/report.html (self-contained, images embedded) and RUN_DIR/report.md.
+
+    They show training curves, the confusion matrix, per-class metrics, the most confident
+    mistakes, the resolved config, and the environment and timings.
+    """
+    from fertrain.report import build_report
+
+    result = build_report(run_dir, data, split=split, mistakes=mistakes)
+    summary = result.evaluation.summary
+    console.print(f"{split} accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
+    console.print(f"wrote {result.html}")
+    console.print(f"wrote {result.markdown}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _png(figure) -> bytes:
@@ -54,6 +55,7 @@ def training_curves_png(history: pd.DataFrame) -> bytes:
         if f"val_{column}" in history:
             ax.plot(epochs, history[f"val_{column}"], marker=".", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label)
         ax.grid(alpha=0.3)
         if ax.has_data() and column != "learning_rate":

@@ -1,0 +1,278 @@
+"""`fertrain report`: a self-contained report.html (images embedded as base64) and report.md for a run.
+
+The report shows training curves from history.csv, the evaluation of the run's model on a split
+(confusion heatmap, per-class table, the most confident mistakes), the resolved config, and the
+environment and timings from metrics.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fertrain.errors import ModelError
+from fertrain.evaluation import Evaluation, confusion_file, evaluate
+from fertrain.fileio import write_atomic
+from fertrain.plots import mistakes_grid_png, training_curves_png
+
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+CURVES_FILE = "report-curves.png"
+MISTAKES_FILE = "report-mistakes.png"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+@dataclass(frozen=True)
+class Report:
+    html: Path
+    markdown: Path
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    file: str  # beside report.md, which links it; report.html embeds the bytes
+    png: bytes
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; {run_dir} is not a finished `fertrain train` run")
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [column for column in HISTORY_COLUMNS if column not in history]
+    if missing or history.empty:
+        raise ModelError(f"{path}: expected columns {', '.join(HISTORY_COLUMNS)} and one row per epoch")
+    return history
+
+
+def read_run_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; {run_dir} is not a finished `fertrain train` run")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(metrics, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return metrics
+
+
+def most_confident_mistakes(evaluation: Evaluation, count: int) -> np.ndarray:
+    """Indices of wrongly classified images, the most confidently wrong first."""
+    predicted = evaluation.probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != evaluation.labels)
+    confidence = evaluation.probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", _format(value)))
+    return rows
+
+
+def _summary_rows(run_metrics: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, str]]:
+    split = summary["split"]
+    rows = [
+        (key.replace("_", " "), _format(run_metrics[key]))
+        for key in ("best_epoch", "best_val_accuracy", "best_val_loss", "epochs_run")
+        if key in run_metrics
+    ]
+    rows += [
+        (f"{split} images", str(summary["num_images"])),
+        (f"{split} accuracy", _format(summary["accuracy"])),
+        (f"{split} top-2 accuracy", _format(summary["top2_accuracy"])),
+        (f"{split} loss", _format(summary["loss"])),
+        (f"{split} macro F1", _format(summary["macro_f1"])),
+        (f"{split} weighted F1", _format(summary["weighted_f1"])),
+    ]
+    return rows
+
+
+def _per_class_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [
+        (
+            row["class"],
+            _format(row["precision"]),
+            _format(row["recall"]),
+            _format(row["f1"]),
+            str(row["support"]),
+        )
+        for row in summary["per_class"]
+    ]
+
+
+def _figures(run_dir: Path, history: pd.DataFrame, evaluation: Evaluation, mistakes: int) -> list[Figure]:
+    summary = evaluation.summary
+    split = summary["split"]
+    chosen = most_confident_mistakes(evaluation, mistakes)
+    names = summary["class_names"]
+    predicted = evaluation.probabilities.argmax(axis=1)
+    captions = [
+        f"true {names[true]}\npred {names[guess]} {evaluation.probabilities[i, guess]:.2f}"
+        for i, true, guess in zip(chosen, evaluation.labels[chosen], predicted[chosen], strict=True)
+    ]
+    confusion = confusion_file(run_dir, split)  # written by `evaluate` for the run directory
+    return [
+        Figure("Training curves", CURVES_FILE, training_curves_png(history)),
+        Figure(f"Confusion matrix ({split})", confusion.name, confusion.read_bytes()),
+        Figure(
+            f"The {len(chosen)} most confident mistakes ({split})",
+            MISTAKES_FILE,
+            mistakes_grid_png(evaluation.faces[chosen], captions),
+        ),
+    ]
+
+
+def _html_table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header) if header else ""
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table>{f'<thead><tr>{head}</tr></thead>' if head else ''}<tbody>{body}</tbody></table>"
+
+
+def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}img{max-width:100%}pre{background:#f5f5f5;padding:1em}"
+)
+
+
+@dataclass(frozen=True)
+class _Content:
+    title: str
+    subtitle: str
+    summary: list[tuple[str, str]]
+    per_class: list[tuple[str, ...]]
+    figures: list[Figure]
+    config: str
+    environment: list[tuple[str, str]]
+
+
+PER_CLASS_HEADER = ("class", "precision", "recall", "F1", "support")
+
+
+def _render_html(content: _Content) -> str:
+    def figure(item: Figure) -> str:
+        data = base64.b64encode(item.png).decode("ascii")
+        title = html.escape(item.title)
+        return f'<h2>{title}</h2><img alt="{title}" src="data:image/png;base64,{data}">'
+
+    curves, confusion, mistakes = content.figures
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(content.title)}</title>',
+            f"<style>{_STYLE}</style></head><body>",
+            f"<h1>{html.escape(content.title)}</h1><p>{html.escape(content.subtitle)}</p>",
+            "<h2>Summary</h2>",
+            _html_table(None, content.summary),
+            figure(curves),
+            figure(confusion),
+            "<h2>Per class</h2>",
+            _html_table(PER_CLASS_HEADER, content.per_class),
+            figure(mistakes),
+            "<h2>Resolved config</h2>",
+            f"<pre>{html.escape(content.config)}</pre>",
+            "<h2>Environment and timings</h2>",
+            _html_table(None, content.environment),
+            "</body></html>",
+        ]
+    )
+
+
+def _render_markdown(content: _Content) -> str:
+    def figure(item: Figure) -> str:
+        return f"## {item.title}\n\n![{item.title}]({item.file})"
+
+    curves, confusion, mistakes = content.figures
+    return (
+        "\n\n".join(
+            [
+                f"# {content.title}",
+                content.subtitle,
+                "## Summary",
+                _md_table(("metric", "value"), content.summary),
+                figure(curves),
+                figure(confusion),
+                "## Per class",
+                _md_table(PER_CLASS_HEADER, content.per_class),
+                figure(mistakes),
+                "## Resolved config",
+                f"```yaml\n{content.config.rstrip()}\n```",
+                "## Environment and timings",
+                _md_table(("item", "value"), content.environment),
+            ]
+        )
+        + "\n"
+    )
+
+
+def build_report(
+    run_dir: str | Path,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    mistakes: int = 24,
+) -> Report:
+    """Evaluates the run's model on `split` (data defaults to the run's data.dir) and writes
+    report.html, report.md and the figures report.md links into `run_dir`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: no such run directory")
+    history = read_history(run_dir)
+    run_metrics = read_run_metrics(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
+    evaluation = evaluate([run_dir], data_dir, split=split)
+    summary = evaluation.summary
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    content = _Content(
+        title=f"fertrain report: {run_dir.name}",
+        subtitle=f"Run directory {run_dir}; {split} split of {summary['data_dir']}; written {created}.",
+        summary=_summary_rows(run_metrics, summary),
+        per_class=_per_class_rows(summary),
+        figures=_figures(run_dir, history, evaluation, mistakes),
+        config=config_path.read_text(encoding="utf-8"),
+        environment=_flatten(run_metrics),
+    )
+    for item in content.figures:  # the confusion matrix rewrites identical bytes; simpler than a special case
+        write_atomic(run_dir / item.file, item.png)
+    markdown = write_atomic(run_dir / "report.md", _render_markdown(content))
+    page = write_atomic(run_dir / "report.html", _render_html(content))
+    return Report(page, markdown, evaluation)

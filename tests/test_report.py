@@ -1,0 +1,83 @@
+"""`fertrain report`: a self-contained HTML page and a Markdown twin with the run's real numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from cli_main import run_cli
+from run_dirs import tiny_run
+
+from fertrain.evaluation import Evaluation
+from fertrain.report import most_confident_mistakes
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, prepared_sample):
+    return tiny_run(tmp_path_factory.getbasetemp(), prepared_sample)
+
+
+def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, monkeypatch):
+    code, out, err = run_cli(["report", run_dir], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"wrote {run_dir / 'report.html'}" in out
+    page = (run_dir / "report.html").read_text()
+    markdown = (run_dir / "report.md").read_text()
+
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [title for title, _ in images][:2] == ["Training curves", "Confusion matrix (test)"]
+    assert len(images) == 3
+    for _, data in images:
+        assert base64.b64decode(data).startswith(PNG_MAGIC)
+    assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not fetch anything"
+    assert "<script" not in page and "<link" not in page
+
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
+    wrong = evaluation["num_images"] - round(evaluation["accuracy"] * evaluation["num_images"])
+    expected = [
+        f"{run_metrics['best_val_accuracy']:.4f}",
+        f"{run_metrics['best_val_loss']:.4f}",
+        f"{run_metrics['wall_time_s']:.4f}",
+        f"{run_metrics['train_images_per_s']:.4f}",
+        run_metrics["versions"]["tensorflow"],
+        run_metrics["backend"],
+        f"{evaluation['accuracy']:.4f}",
+        f"{evaluation['macro_f1']:.4f}",
+        f"{evaluation['per_class'][0]['recall']:.4f}",
+        f"The {min(24, wrong)} most confident mistakes (test)",
+        "name: tiny0",  # the resolved config
+    ]
+    for text in expected:
+        assert text in page, text
+        assert text in markdown, text
+    for linked in re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown):
+        assert (run_dir / linked).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_run_without_history_is_refused(run_dir, tmp_path, capsys, monkeypatch):
+    broken = tmp_path / "broken-run"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("tensorboard", "history.csv", "report*"))
+    code, _, err = run_cli(["report", broken], capsys, monkeypatch)
+    assert code == 2
+    assert f"{broken / 'history.csv'}: missing" in err
+    assert not (broken / "report.html").exists()
+
+
+def test_most_confident_mistakes_come_first():
+    probabilities = np.full((5, 7), 0.1)
+    rows = [(0, 0.4), (3, 0.4), (3, 0.9), (1, 0.4), (2, 0.7)]  # (predicted class, its probability)
+    for row, (predicted, probability) in enumerate(rows):
+        probabilities[row, predicted] = probability
+    labels = np.array([0, 4, 5, 1, 6])  # rows 1, 2 and 4 are wrong
+    evaluation = Evaluation({}, np.zeros((5, 48, 48), np.uint8), labels, probabilities, ())
+    assert most_confident_mistakes(evaluation, 10).tolist() == [2, 4, 1]
+    assert most_confident_mistakes(evaluation, 2).tolist() == [2, 4]
