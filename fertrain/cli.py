@@ -340,6 +340,46 @@ def report(
     console.print(f"wrote {result.markdown}")
 
 
+PREDICT_ARGUMENTS = (
+    "[MODEL] IMAGE_OR_DIR...: MODEL is a run directory, a .keras/.h5 file or a SavedModel directory; "
+    "without it the newest run in ./runs (else a model bundled with fertrain) is used. "
+    "Directories are searched for images (not recursively)."
+)
+
+
+@app.command(epilog=PREDICT_ARGUMENTS)
+def predict(
+    arguments: Annotated[list[str], typer.Argument(metavar="[MODEL] IMAGE_OR_DIR...", help="See below.")],
+    detect_faces: Annotated[
+        bool, typer.Option("--detect-faces", help="Classify every face OpenCV's Haar cascade finds.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list instead of a table.")
+    ] = False,
+    annotate: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Write copies with boxes and labels into DIR.")
+    ] = None,
+    normalize: Annotated[
+        Normalization, typer.Option(help="Pixel scaling the model expects (see `evaluate --help`).")
+    ] = "raw",
+) -> None:
+    """Top-3 emotions with probabilities for each image, or for each face with --detect-faces.
+
+    48x48 images are used as face crops as they are; others are converted to grayscale and resized.
+    """
+    import json
+
+    from fertrain.predict import predict_images, split_model_and_images
+    from fertrain.tables import predictions_table
+
+    model, images = split_model_and_images(arguments)
+    results = predict_images(model, images, detect=detect_faces, annotate_dir=annotate, normalize=normalize)
+    if json_output:
+        typer.echo(json.dumps([result.to_dict() for result in results]))
+        return
+    console.print(predictions_table(results, title=f"model: {model}"))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -53,3 +53,20 @@ def confusion_table(summary: dict[str, Any]) -> Table:
 
 def evaluation_tables(summary: dict[str, Any]) -> list[Table]:
     return [summary_table(summary), per_class_table(summary), confusion_table(summary)]
+
+
+def predictions_table(results, title: str) -> Table:
+    """One row per classified face (or whole image) of `fertrain.predict.ImagePrediction`s."""
+    table = Table(title=title)
+    for column in ("image", "face box (x, y, w, h)", "top emotions"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        if not result.faces:
+            table.add_row(str(result.image), "[yellow]no face found[/]", "")
+        for face in result.faces:
+            box = "whole image" if face.box is None else ", ".join(map(str, face.box))
+            top = ", ".join(f"{name} {probability:.2f}" for name, probability in face.top)
+            table.add_row(str(result.image), box, top)
+        if result.annotated is not None:
+            table.add_row("", f"[dim]annotated: {result.annotated}[/]", "")
+    return table
