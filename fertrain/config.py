@@ -108,6 +108,9 @@ class ModelConfig(Section):
     use_bias: bool = Field(description="bias on stem and separable convs (BN follows each)")
     shortcut_bias: bool = Field(description="bias on the 1x1 shortcut convs")
     shortcut_batchnorm: bool = Field(description="BatchNormalization after each 1x1 shortcut conv")
+    batchnorm_momentum: float = Field(
+        0.99, gt=0.0, lt=1.0, description="lower it (e.g. 0.9) when an epoch is only a few dozen steps"
+    )
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout before the classifier")
     l2: float = Field(ge=0.0, description="L2 penalty on every conv and dense kernel")
 
@@ -270,10 +273,10 @@ def _describe(error: dict[str, Any]) -> str:
         return str(ctx["error"])
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}, got {got!r}"
-    if kind == "missing":
-        return "is required"
     if kind == "too_short":
         return f"must have at least {ctx['min_length']} item(s), got {got!r}"
+    if kind == "missing":
+        return "is required"
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
 
 

@@ -82,6 +82,12 @@ def test_width_multiplier_scales_every_width() -> None:
     assert model.get_layer("exit2_sepconv").filters == 32
 
 
+def test_batchnorm_momentum_reaches_every_batchnorm() -> None:
+    model = build_model(model_config("quickstart"))
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+
+
 def test_middle_repeats_add_hand_counted_blocks_to_mini_xception() -> None:
     base = build_model(model_config("mini_xception")).count_params()
     deeper = build_model(model_config("mini_xception", "model.middle_repeats=2")).count_params()

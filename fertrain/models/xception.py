@@ -24,6 +24,10 @@ def _regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
 
 
+def _batchnorm(cfg: ModelConfig, name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(momentum=cfg.batchnorm_momentum, name=name)
+
+
 def _conv_bn_relu(x, width: int, stride: int, cfg: ModelConfig, name: str):
     x = layers.Conv2D(
         width,
@@ -33,7 +37,7 @@ def _conv_bn_relu(x, width: int, stride: int, cfg: ModelConfig, name: str):
         kernel_regularizer=_regularizer(cfg),
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = _batchnorm(cfg, f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -50,7 +54,7 @@ def _separable_bn(x, width: int, cfg: ModelConfig, name: str, relu_first: bool):
         pointwise_regularizer=_regularizer(cfg),
         name=f"{name}_sepconv",
     )(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return _batchnorm(cfg, f"{name}_bn")(x)
 
 
 def _downsampling_block(x, widths: tuple[int, int], cfg: ModelConfig, name: str):
@@ -65,7 +69,7 @@ def _downsampling_block(x, widths: tuple[int, int], cfg: ModelConfig, name: str)
         name=f"{name}_skip_conv",
     )(x)
     if cfg.shortcut_batchnorm:
-        shortcut = layers.BatchNormalization(name=f"{name}_skip_bn")(shortcut)
+        shortcut = _batchnorm(cfg, f"{name}_skip_bn")(shortcut)
     x = _separable_bn(x, widths[0], cfg, f"{name}_1", relu_first=cfg.block_preactivation)
     x = _separable_bn(x, widths[1], cfg, f"{name}_2", relu_first=True)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
