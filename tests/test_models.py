@@ -252,6 +252,28 @@ def test_plot_without_graphviz_says_how_to_install_it(
     assert not target.exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("graph.gif", "graph.gif: the graph file name must end in .png, .svg, .pdf, .jpg, .jpeg, .dot"),
+        ("graph", "graph: the graph file name must end in .png,"),
+        ("missing/graph.png", "graph.png: folder {tmp}/missing does not exist"),
+    ],
+)
+def test_plot_refuses_bad_file_names(
+    name: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    code, _, err = run_cli(
+        ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(tmp_path / name)],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(summary_module.shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
 def test_plot_draws_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     target = tmp_path / "graph.png"

@@ -26,6 +26,7 @@ from fertrain.config import Config
 from fertrain.errors import MissingDependencyError, ModelError
 from fertrain.models.xception import build_model
 
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".dot")
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -111,13 +112,15 @@ def summarize(model: keras.Model) -> ModelSummary:
 def plot(model: keras.Model, path: str | Path) -> Path:
     """Draws the layer graph with shapes (like the notebook's `plot_model`); format from the suffix."""
     path = Path(path)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise ModelError(f"{path}: the graph file name must end in {', '.join(PLOT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise ModelError(f"{path}: folder {path.parent} does not exist")
     if shutil.which("dot") is None:
         raise MissingDependencyError(
             "--plot needs Graphviz's `dot` program: install graphviz "
             "(apt-get install graphviz, brew install graphviz or conda install graphviz)"
         )
-    if not path.parent.is_dir():
-        raise ModelError(f"{path}: folder {path.parent} does not exist")
     # Drawn next to the target, then renamed, so an existing file is never left half-written.
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
