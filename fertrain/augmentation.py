@@ -127,6 +127,11 @@ class AugmentedTrainer(keras.Model):
         self.network = network
         self.augmentation = augmentation
 
+    def build(self, input_shape):
+        if self.augmentation.layers:
+            self.augmentation.build(input_shape)
+        self.network.build(input_shape)
+
     def call(self, images, training=False):
         images = ops.cast(images, "float32")
         if training and self.augmentation.layers:

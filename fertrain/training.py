@@ -144,6 +144,9 @@ def train(
             validation_data=val_batches,
             epochs=config.train.epochs,
             callbacks=callbacks,
+            # ArrayBatches shuffles from (seed, epoch); Keras' own batch shuffle draws from the
+            # process-global `random` state, which a resumed process does not share.
+            shuffle=False,
             verbose=0,
         )
         metrics = _write_metrics(
@@ -237,6 +240,8 @@ def _compile_trainer(config: Config, runtime: Runtime, schedule) -> AugmentedTra
             jit_compile=runtime.jit_compile,
             steps_per_execution=config.train.steps_per_execution,
         )
+        # Restoring a backup needs the variables to exist before `fit` builds them.
+        trainer.build((None, size, size, 1))
     return trainer
 
 
