@@ -17,6 +17,7 @@ _INPUT_SCALING = {"unit": (1.0 / 255.0, 0.0), "symmetric": (1.0 / 127.5, -1.0)}
 
 
 def scaled_width(width: int, multiplier: float) -> int:
+    """A config width after `width_multiplier`, rounded, never below one channel."""
     return max(1, round(width * multiplier))
 
 
@@ -111,6 +112,10 @@ def exit_flow(x, cfg: ModelConfig):
     return x
 
 
+def _dropout(x, cfg: ModelConfig):
+    return layers.Dropout(cfg.dropout, name="head_dropout")(x) if cfg.dropout > 0 else x
+
+
 def classifier(x, cfg: ModelConfig):
     """`dense`: pool, dropout, Dense (Xception). `conv`: dropout, 3x3 conv to the classes, pool
     (mini-Xception).
@@ -119,11 +124,10 @@ def classifier(x, cfg: ModelConfig):
     """
     if cfg.head == "dense":
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    if cfg.dropout > 0:
-        x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    if cfg.head == "dense":
+        x = _dropout(x, cfg)
         x = layers.Dense(cfg.num_classes, kernel_regularizer=_regularizer(cfg), name="head_dense")(x)
     else:
+        x = _dropout(x, cfg)
         x = layers.Conv2D(cfg.num_classes, 3, padding="same", name="head_conv")(x)
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)
