@@ -88,6 +88,19 @@ def test_batchnorm_momentum_reaches_every_batchnorm() -> None:
     assert momenta == {0.9}
 
 
+def test_l2_penalises_every_conv_and_dense_kernel() -> None:
+    model = build_model(model_config("quickstart"))
+    kernels = [
+        w for w in model.trainable_weights if w.name in ("kernel", "depthwise_kernel", "pointwise_kernel")
+    ]
+    # 2 stem convs + 3 blocks x (2 separable convs x 2 kernels + 1 skip conv) + the head conv.
+    assert len(kernels) == len(model.losses) == 2 + 3 * 5 + 1
+    expected = sum(0.01 * np.sum(keras.ops.convert_to_numpy(k) ** 2) for k in kernels)
+    penalty = sum(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
+    assert penalty == pytest.approx(expected, rel=1e-5)
+    assert build_model(TINY_XCEPTION).losses == []
+
+
 def test_middle_repeats_add_hand_counted_blocks_to_mini_xception() -> None:
     base = build_model(model_config("mini_xception")).count_params()
     deeper = build_model(model_config("mini_xception", "model.middle_repeats=2")).count_params()

@@ -4,6 +4,7 @@ Every layer is a built-in Keras 3 layer, so `keras.saving.load_model(path, safe_
 loads any saved fertrain model without custom objects.
 """
 
+from fertrain.models.summary import ModelSummary, summarize
 from fertrain.models.xception import build_model
 
-__all__ = ["build_model"]
+__all__ = ["ModelSummary", "build_model", "summarize"]

@@ -128,7 +128,9 @@ def classifier(x, cfg: ModelConfig):
         x = layers.Dense(cfg.num_classes, kernel_regularizer=_regularizer(cfg), name="head_dense")(x)
     else:
         x = _dropout(x, cfg)
-        x = layers.Conv2D(cfg.num_classes, 3, padding="same", name="head_conv")(x)
+        x = layers.Conv2D(
+            cfg.num_classes, 3, padding="same", kernel_regularizer=_regularizer(cfg), name="head_conv"
+        )(x)
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)
 
