@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fertrain import __version__
 from fertrain.data.sources import SourceFormat
 from fertrain.errors import BelowThresholdError, FertrainError
+from fertrain.export import ExportFormat, Quantization
 from fertrain.inference import Normalization, TtaMode
 
 app = typer.Typer(
@@ -380,11 +382,55 @@ def predict(
     console.print(predictions_table(results, title=f"model: {model}"))
 
 
+EXPORT_EXIT_CODES = (
+    "After exporting, the first 200 test images are run through the export and the Keras model: "
+    "float exports must match within 1e-4 (max abs probability difference), int8 exports must agree on "
+    "the top-1 emotion for >= 98% of them. Exit codes: 0 export written and check passed; 3 check failed "
+    "(the file is kept for inspection); 2 bad input or a missing optional dependency."
+)
+
+
+@app.command(epilog=EXPORT_EXIT_CODES)
+def export(
+    run_dir: Annotated[
+        str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
+    ],
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="Serving format.")],
+    quantize: Annotated[
+        Quantization | None,
+        typer.Option(help="int8 weights and activations (tflite, onnx), calibrated on 200 training images."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(metavar="PATH", help="Output path (default: RUN_DIR/export/...).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Prepared data for the check (default: the run's data.dir).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Export a run's model as a TensorFlow SavedModel, a TFLite file or an ONNX file, then check it."""
+    import json
+
+    from fertrain.export import export_model
+
+    result = export_model(run_dir, export_format, quantize=quantize, out=out, data_dir=data)
+    check = result.check
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        kind = f"{result.format} ({result.quantize})" if result.quantize else result.format
+        console.print(f"wrote {kind} to {result.path} ({result.size_bytes / 1e6:.2f} MB)")
+        verdict = "[green]passed[/]" if check.passed else "[red]FAILED[/]"
+        console.print(f"check on {check.images} test images: {check.criterion}: {verdict}")
+    if not check.passed:
+        raise BelowThresholdError(f"export check failed: {check.criterion}; kept {result.path}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except FertrainError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -394,10 +440,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors arrive here in non-standalone mode
+        exc.show()
+        sys.exit(exc.exit_code)

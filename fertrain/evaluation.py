@@ -10,15 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from fertrain.config import EMOTIONS, load_config
+from fertrain.config import EMOTIONS
 from fertrain.data.dataset import load_split
 from fertrain.errors import DataError
 from fertrain.fileio import write_atomic
-from fertrain.inference import load_classifier, predict_probabilities
+from fertrain.inference import load_classifier, predict_probabilities, run_data_dir
 from fertrain.metrics import classification_metrics
 from fertrain.plots import confusion_png
-
-RUN_CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -30,14 +28,6 @@ class Evaluation:
     labels: np.ndarray
     probabilities: np.ndarray
     written: tuple[Path, ...]
-
-
-def run_data_dir(run_dir: Path) -> Path:
-    """The prepared data directory a run was trained on, from its resolved config."""
-    config_path = run_dir / RUN_CONFIG_FILE
-    if not config_path.is_file():
-        raise DataError(f"{run_dir}: no {RUN_CONFIG_FILE} to take the data directory from; pass --data DIR")
-    return Path(load_config(config_path).data.dir)
 
 
 def evaluation_file(run_dir: Path, split: str) -> Path:

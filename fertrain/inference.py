@@ -14,10 +14,11 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
-from fertrain.errors import ModelError
+from fertrain.config import EMOTIONS, load_config
+from fertrain.errors import DataError, ModelError
 
 RUN_MODEL_FILE = "model.keras"
+RUN_CONFIG_FILE = "config.yaml"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Normalization = Literal["raw", "unit", "symmetric"]
 TtaMode = Literal["none", "flip", "crops"]
@@ -58,6 +59,14 @@ def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
             "or a run directory"
         )
     return path, None
+
+
+def run_data_dir(run_dir: Path) -> Path:
+    """The prepared data directory a run was trained on, from its resolved config."""
+    config_path = run_dir / RUN_CONFIG_FILE
+    if not config_path.is_file():
+        raise DataError(f"{run_dir}: no {RUN_CONFIG_FILE} to take the data directory from; pass --data DIR")
+    return Path(load_config(config_path).data.dir)
 
 
 def _first_line(exc: BaseException) -> str:

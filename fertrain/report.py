@@ -21,11 +21,11 @@ import pandas as pd
 from fertrain.errors import ModelError
 from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
+from fertrain.inference import RUN_CONFIG_FILE
 from fertrain.plots import mistakes_grid_png, training_curves_png
 
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
 CURVES_FILE = "report-curves.png"
 MISTAKES_FILE = "report-mistakes.png"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -256,7 +256,7 @@ def build_report(
         raise ModelError(f"{run_dir}: no such run directory")
     history = read_history(run_dir)
     run_metrics = read_run_metrics(run_dir)
-    config_path = run_dir / CONFIG_FILE
+    config_path = run_dir / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
     evaluation = evaluate([run_dir], data_dir, split=split)

@@ -1,0 +1,133 @@
+"""`fertrain export`: round trips through SavedModel, TFLite and ONNX, float and int8, and their checks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from cli_main import run_cli
+from run_dirs import tiny_run
+
+from fertrain.data.dataset import load_split
+from fertrain.export import CHECK_IMAGES, _check, export_model
+from fertrain.inference import load_classifier
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, prepared_sample):
+    return tiny_run(tmp_path_factory.getbasetemp(), prepared_sample)
+
+
+@pytest.fixture(scope="module")
+def check_batch(prepared_sample):
+    """The float32 pixels the export check uses, and the Keras model's probabilities for them."""
+    return load_split(prepared_sample, "test")[0][:CHECK_IMAGES, ..., None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def keras_probabilities(run_dir, check_batch):
+    return load_classifier(run_dir).forward(check_batch)
+
+
+def _tflite_probabilities(path, batch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], batch)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _onnx_probabilities(path, batch):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+def test_savedmodel_round_trip(run_dir, check_batch, keras_probabilities, capsys, monkeypatch):
+    code, out, err = run_cli(["export", run_dir, "--format", "savedmodel"], capsys, monkeypatch)
+    assert code == 0, err
+    path = run_dir / "export" / "saved_model"
+    assert f"wrote savedmodel to {path}" in out
+    assert "check on 200 test images: max |p_export - p_keras|" in out and "passed" in out
+    reloaded = tf.saved_model.load(str(path)).signatures["serving_default"]
+    (output,) = reloaded(pixels=tf.constant(check_batch)).values()
+    np.testing.assert_allclose(output.numpy(), keras_probabilities, atol=1e-5)
+
+
+def test_tflite_float_round_trip(run_dir, check_batch, keras_probabilities, tmp_path):
+    result = export_model(run_dir, "tflite", out=tmp_path / "m.tflite")
+    exported = _tflite_probabilities(tmp_path / "m.tflite", check_batch)
+    np.testing.assert_allclose(exported, keras_probabilities, atol=1e-5)
+    assert result.check.images == 200 and result.check.passed
+    assert result.check.max_abs_difference == pytest.approx(
+        float(np.abs(exported - keras_probabilities).max())
+    )
+    assert result.size_bytes == (tmp_path / "m.tflite").stat().st_size
+
+
+def test_tflite_int8_check_reports_top1_agreement(run_dir, check_batch, keras_probabilities, tmp_path):
+    result = export_model(run_dir, "tflite", quantize="int8", out=tmp_path / "m8.tflite")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m8.tflite"))
+    tensor_types = {detail["dtype"] for detail in interpreter.get_tensor_details()}
+    assert np.int8 in tensor_types  # weights and activations really are int8
+    exported = _tflite_probabilities(tmp_path / "m8.tflite", check_batch)
+    agreement = float(np.mean(exported.argmax(1) == keras_probabilities.argmax(1)))
+    assert result.check.top1_agreement == pytest.approx(agreement)
+    assert result.check.passed == (agreement >= 0.98)
+
+
+def test_onnx_float_and_int8_round_trip(
+    run_dir, check_batch, keras_probabilities, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("tf2onnx")
+    code, out, err = run_cli(
+        ["export", run_dir, "--format", "onnx", "--out", tmp_path / "m.onnx", "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["check"]["passed"] and report["check"]["images"] == 200
+    exported = _onnx_probabilities(tmp_path / "m.onnx", check_batch)
+    np.testing.assert_allclose(exported, keras_probabilities, atol=1e-5)
+
+    result = export_model(run_dir, "onnx", quantize="int8", out=tmp_path / "m8.onnx")
+    exported = _onnx_probabilities(tmp_path / "m8.onnx", check_batch)
+    agreement = float(np.mean(exported.argmax(1) == keras_probabilities.argmax(1)))
+    assert result.check.top1_agreement == pytest.approx(agreement)
+
+
+def test_check_thresholds():
+    reference = np.tile(np.eye(7)[:2] * 0.9 + 0.1 / 7, (50, 1))  # 100 rows, top-1 alternating 0 and 1
+    assert _check(reference, reference + 1e-4, quantized=False).passed
+    assert not _check(reference, reference + 2e-4, quantized=False).passed
+    flipped = reference.copy()
+    flipped[:2] = flipped[:2, ::-1]  # 2 of 100 rows change their top-1
+    assert _check(reference, flipped, quantized=True).passed  # 98% agreement
+    flipped[:3] = reference[:3, ::-1]
+    assert not _check(reference, flipped, quantized=True).passed  # 97%
+
+
+def test_bad_requests_exit_2(run_dir, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(
+        ["export", run_dir, "--format", "savedmodel", "--quantize", "int8"], capsys, monkeypatch
+    )
+    assert code == 2 and "--quantize int8 needs --format tflite or onnx" in err
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the onnx extra were not installed
+    code, _, err = run_cli(["export", run_dir, "--format", "onnx"], capsys, monkeypatch)
+    assert code == 2 and "pip install fertrain[onnx]" in err
+    assert len(err.strip().splitlines()) == 1
+
+    code, _, err = run_cli(["export", tmp_path, "--format", "tflite"], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path}: not a run directory" in err
