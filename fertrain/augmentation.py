@@ -130,10 +130,42 @@ class AugmentedTrainer(keras.Model):
     def build(self, input_shape):
         if self.augmentation.layers:
             self.augmentation.build(input_shape)
-        self.network.build(input_shape)
+
+    def build_for_training(self, example_batch) -> None:
+        """Creates every variable (network, augmentation, optimizer, loss, metrics) before `fit`.
+
+        A backup can then be restored into them, and Keras' own build in `fit` is skipped: under
+        TensorFlow it first averages an example batch across replicas with `strategy.reduce`, which
+        MultiWorkerMirroredStrategy rejects for an (images, labels) tuple (Keras 3.15).
+        """
+        self._symbolic_build(data_batch=example_batch)
+        self._built_for_training = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not getattr(self, "_built_for_training", False):
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def call(self, images, training=False):
         images = ops.cast(images, "float32")
         if training and self.augmentation.layers:
             images = self.augmentation(images, training=True)
         return self.network(images, training=training)
+
+
+class MultiWorkerTrainer(AugmentedTrainer):
+    """AugmentedTrainer for TensorFlow's MultiWorkerMirroredStrategy.
+
+    Keras 3.15 averages each step's logs across workers with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails for the scalar loss and metrics (tensorflow/tensorflow#72388); giving them a batch
+    axis of one makes that reduce a plain mean over workers.
+    """
+
+    def train_step(self, data):
+        return _with_batch_axis(super().train_step(data))
+
+    def test_step(self, data):
+        return _with_batch_axis(super().test_step(data))
+
+
+def _with_batch_axis(logs):
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}

@@ -17,7 +17,10 @@ from fertrain.errors import ConfigError
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Yields (uint8 images [B, H, W, 1], one-hot float32 labels [B, K][, float32 weights [B]])."""
+    """Yields (images [B, H, W, 1], one-hot float32 labels [B, K][, float32 weights [B]]).
+
+    Images stay uint8 unless `image_dtype` says otherwise (float16 holds 0-255 exactly).
+    """
 
     def __init__(
         self,
@@ -27,10 +30,12 @@ class ArrayBatches(keras.utils.PyDataset):
         batch_size: int,
         shuffle_seed: int | None = None,
         class_weights: np.ndarray | None = None,
+        image_dtype: str = "uint8",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.images = images
+        self.image_dtype = np.dtype(image_dtype)
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle_seed = shuffle_seed
@@ -55,7 +60,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         labels = self.labels[rows]
-        batch = (self.images[rows][..., None], self.one_hot[labels])
+        batch = (self.images[rows][..., None].astype(self.image_dtype, copy=False), self.one_hot[labels])
         if self.class_weights is None:
             return batch
         return (*batch, self.class_weights[labels])

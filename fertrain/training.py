@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from fertrain.augmentation import AugmentedTrainer, build_augmentation
+from fertrain.augmentation import AugmentedTrainer, MultiWorkerTrainer, build_augmentation
 from fertrain.batches import ArrayBatches, class_weights
 from fertrain.callbacks import (
     AtomicBackupAndRestore,
@@ -99,6 +99,9 @@ def train(
     seed_everything(config.train.seed, config.train.deterministic)
     splits = _load_splits(config)
     weights = class_weights(config.train, splits.train_labels, config.model.num_classes)
+    # Under tf.distribute, Keras averages a first batch across replicas to build the model, which
+    # fails for integer tensors; float16 carries 0-255 exactly at twice uint8's size.
+    image_dtype = "uint8" if runtime.strategy is None else "float16"
     train_batches = ArrayBatches(
         splits.train_images,
         splits.train_labels,
@@ -106,14 +109,19 @@ def train(
         config.data.batch_size,
         shuffle_seed=config.train.seed,
         class_weights=weights,
+        image_dtype=image_dtype,
     )
     val_batches = ArrayBatches(
-        splits.val_images, splits.val_labels, config.model.num_classes, config.data.batch_size
+        splits.val_images,
+        splits.val_labels,
+        config.model.num_classes,
+        config.data.batch_size,
+        image_dtype=image_dtype,
     )
     schedule = build_schedule(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
-    trainer = _compile_trainer(config, runtime, schedule)
+    trainer = _compile_trainer(config, runtime, schedule, train_batches[0])
 
     output_dir = _claim_output_dir(config, runtime, run_dir, resume, runs_root)
     try:
@@ -224,7 +232,7 @@ def _load_splits(config: Config) -> Splits:
     return Splits(train_images, train_labels, val_images, val_labels)
 
 
-def _compile_trainer(config: Config, runtime: Runtime, schedule) -> AugmentedTrainer:
+def _compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) -> AugmentedTrainer:
     from fertrain.models import build_model
 
     size = config.model.input_size
@@ -232,7 +240,8 @@ def _compile_trainer(config: Config, runtime: Runtime, schedule) -> AugmentedTra
         with dtype_policy(runtime.dtype_policy):
             network = build_model(config.model)
             augmentation = build_augmentation(config.data.augment, size, config.train.seed)
-            trainer = AugmentedTrainer(network, augmentation, name="trainer")
+            trainer_class = MultiWorkerTrainer if runtime.distribution == "multi_worker" else AugmentedTrainer
+            trainer = trainer_class(network, augmentation, name="trainer")
         trainer.compile(
             optimizer=build_optimizer(config.train, schedule),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
@@ -241,7 +250,7 @@ def _compile_trainer(config: Config, runtime: Runtime, schedule) -> AugmentedTra
             steps_per_execution=config.train.steps_per_execution,
         )
         # Restoring a backup needs the variables to exist before `fit` builds them.
-        trainer.build((None, size, size, 1))
+        trainer.build_for_training(example_batch)
     return trainer
 
 
