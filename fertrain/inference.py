@@ -7,6 +7,7 @@ resized from 48x48, bilinear) and their own pixel scaling (`normalize`).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,8 @@ def load_keras_model(path: Path):
 
     import fertrain.models  # noqa: F401  (fertrain's layers must be known before deserializing)
 
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a .keras file (expected the zip archive `model.save` writes)")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for corrupt, foreign or unsafe files

@@ -53,6 +53,7 @@ def _shifted(faces, dy, dx):
     return faces[:, rows][:, :, cols]
 
 
+@pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")  # float32 rows, summed in float64
 def test_run_dir_metrics_match_direct_prediction_and_files_are_written(
     run_dir, test_split, direct_probabilities
 ):
@@ -151,6 +152,16 @@ def test_models_that_cannot_be_classifiers_are_refused(tmp_path, prepared_sample
         evaluate([tmp_path / "rgb.keras"], prepared_sample)
 
     inputs = keras.Input((48, 48, 1))
+    scaled = keras.layers.Lambda(lambda pixels: pixels / 255.0)(inputs)
+    unsafe = keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(scaled)))
+    unsafe.save(tmp_path / "lambda.h5")
+    with pytest.raises(ModelError, match="lambda.h5: cannot load as a Keras model .*Lambda"):
+        evaluate([tmp_path / "lambda.h5"], prepared_sample)  # safe_mode refuses to run pickled code
+
+    (tmp_path / "junk.keras").write_text("not a model")
+    with pytest.raises(ModelError, match="junk.keras: not a .keras file"):
+        evaluate([tmp_path / "junk.keras"], prepared_sample)
+
     logits = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs)))
     logits.save(tmp_path / "logits.keras")
     with pytest.raises(ModelError, match="logits.keras: outputs are not probabilities"):
