@@ -45,6 +45,9 @@ def root(
     """Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013."""
 
 
+RunDataOption = Annotated[
+    str | None, typer.Option("--data", help="Prepared data directory (default: the run's data.dir).")
+]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
     "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data)."
@@ -61,9 +64,7 @@ def evaluate(
             "several form an ensemble (mean probabilities).",
         ),
     ],
-    data: Annotated[
-        str | None, typer.Option(help="Prepared data directory (default: the run's data.dir).")
-    ] = None,
+    data: RunDataOption = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
     tta: Annotated[
         TtaMode,
@@ -284,13 +285,12 @@ def train(
     metrics.json and tensorboard/. Exit codes: 0 done, 2 bad input, 4 training diverged (NaN loss).
     """
     from fertrain.config import load_config
+    from fertrain.errors import ConfigError
     from fertrain.progress import training_reporter
     from fertrain.training import train as run_training
 
-    if resume is not None and (config is not None or overrides):
-        raise typer.BadParameter("--resume continues a run with its saved config; drop --config and --set")
-    if resume is None and config is None:
-        raise typer.BadParameter("pass --config FILE (or --resume RUN_DIR)")
+    if resume is not None and overrides:
+        raise ConfigError("--resume continues a run with its own saved config; drop --set")
     loaded = load_config(config, overrides or ()) if config is not None else None
     reporter = training_reporter(console)
     try:
@@ -322,9 +322,7 @@ def report(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
     ],
-    data: Annotated[
-        str | None, typer.Option(help="Prepared data directory (default: the run's data.dir).")
-    ] = None,
+    data: RunDataOption = None,
     split: Annotated[str, typer.Option(help="Split the model is evaluated on: train, val or test.")] = "test",
     mistakes: Annotated[int, typer.Option(min=0, help="Most confident mistakes shown.")] = 24,
 ) -> None:
@@ -403,9 +401,7 @@ def export(
     out: Annotated[
         str | None, typer.Option(metavar="PATH", help="Output path (default: RUN_DIR/export/...).")
     ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Prepared data for the check (default: the run's data.dir).")
-    ] = None,
+    data: RunDataOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Export a run's model as a TensorFlow SavedModel, a TFLite file or an ONNX file, then check it."""
