@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SAMPLE := data/sample/fer2013_sample.csv.gz
 DEMO_DATA := prepared/sample
+DEMO_RUN := runs/demo
 
 .PHONY: install demo test lint bench clean
 
@@ -13,18 +14,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,onnx]"
 	touch $(STAMP)
 
+# The demo run directory is the demo's own: rerunning `make demo` replaces it.
 demo: install
 	$(BIN)/fertrain prepare $(SAMPLE) --out $(DEMO_DATA)
+	rm -rf $(DEMO_RUN)
+	$(BIN)/fertrain train --config configs/quickstart.yaml --data $(DEMO_DATA) --run-dir $(DEMO_RUN)
+	$(BIN)/fertrain evaluate $(DEMO_RUN) --data $(DEMO_DATA) --split test
+	$(BIN)/fertrain report $(DEMO_RUN) --data $(DEMO_DATA)
+	@echo "report: $(DEMO_RUN)/report.html (and report.md)"
 
 test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check fertrain tests
-	$(BIN)/ruff format --check fertrain tests
+	$(BIN)/ruff check fertrain tests data/sample
+	$(BIN)/ruff format --check fertrain tests data/sample
 
 clean:
 	rm -rf $(VENV) prepared runs
