@@ -21,6 +21,8 @@ from fertrain import __version__
 from fertrain.config import TrainConfig
 from fertrain.errors import ConfigError
 
+# Distributions implemented with tf.distribute, so only under the TensorFlow backend.
+TF_DISTRIBUTIONS = ("mirrored", "multi_worker")
 # Keras dtype policies for each `mixed_precision` value.
 POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -159,9 +161,14 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
     TensorFlow runtime starts.
     """
     backend = keras.backend.backend()
+    if train_config.distribution in TF_DISTRIBUTIONS and backend != "tensorflow":
+        raise ConfigError(
+            f"train.distribution: {train_config.distribution!r} uses tf.distribute, which needs the "
+            f"TensorFlow backend (KERAS_BACKEND={backend}); use one_device"
+        )
     if train_config.distribution == "multi_worker":
         # Only the strategy may touch TensorFlow first; device queries would start the runtime.
-        strategy, worker_index, num_workers = _multi_worker_strategy(backend)
+        strategy, worker_index, num_workers = _multi_worker_strategy()
         devices = detect_devices()
         distribution = "multi_worker"
     else:
@@ -169,7 +176,7 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
         distribution = (
             rules.distribution(devices) if train_config.distribution == "auto" else train_config.distribution
         )
-        strategy, worker_index, num_workers = _single_host_strategy(distribution, backend), 0, 1
+        strategy, worker_index, num_workers = _single_host_strategy(distribution), 0, 1
     mixed_precision = (
         rules.mixed_precision(devices)
         if train_config.mixed_precision == "auto"
@@ -189,25 +196,15 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
     )
 
 
-def _single_host_strategy(distribution: str, backend: str) -> Any:
+def _single_host_strategy(distribution: str) -> Any:
     if distribution == "one_device":
         return None
-    if backend != "tensorflow":
-        raise ConfigError(
-            f"train.distribution: {distribution!r} needs the TensorFlow backend (KERAS_BACKEND={backend}); "
-            "use one_device"
-        )
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
 
 
-def _multi_worker_strategy(backend: str) -> tuple[Any, int, int]:
-    if backend != "tensorflow":
-        raise ConfigError(
-            f"train.distribution: 'multi_worker' uses tf.distribute and TF_CONFIG, which need the TensorFlow "
-            f"backend (KERAS_BACKEND={backend}); use one_device"
-        )
+def _multi_worker_strategy() -> tuple[Any, int, int]:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ConfigError("train.distribution: 'multi_worker' needs the TF_CONFIG environment variable")
