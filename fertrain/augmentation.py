@@ -110,12 +110,24 @@ def build_augmentation(config: AugmentConfig, image_size: int, seed: int) -> ker
     if config.shift:
         layers.append(keras.layers.RandomTranslation(config.shift, config.shift, seed=seed + 3, **geometric))
     if config.crop_padding:
-        layers.append(keras.layers.ZeroPadding2D(config.crop_padding, **common))
-        layers.append(keras.layers.RandomCrop(image_size, image_size, seed=seed + 4, **common))
+        # "Pad by p, crop back at random" is a whole-pixel shift of up to p with black fill; as a
+        # translation it keeps static shapes, which XLA (and so Keras-on-JAX) needs.
+        reach = config.crop_padding / image_size
+        layers.append(
+            keras.layers.RandomTranslation(
+                reach, reach, fill_mode="constant", interpolation="nearest", seed=seed + 4, **common
+            )
+        )
     if config.erasing_probability:
         layers.append(
             RandomErasing(config.erasing_probability, config.erasing_max_area, seed=seed + 5, **common)
         )
+    if keras.backend.backend() == "jax":
+        # Keras flags RandomZoom and RandomTranslation as not XLA-compilable because
+        # TensorFlow's image-transform op has no XLA kernel; their JAX versions trace fine, and
+        # Keras-on-JAX without jit would run every op eagerly.
+        for layer in layers:
+            layer.supports_jit = True
     return keras.Sequential(layers, name="augmentation")
 
 

@@ -302,7 +302,7 @@ def train(
     finally:
         reporter.close()
     for note in result.notes:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, soft_wrap=True)
     metrics = result.metrics
     if result.run_dir is None:
         return

@@ -175,7 +175,7 @@ class AugmentConfig(Section):
     rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)
     zoom: float = Field(0.1, ge=0.0, lt=1.0)
     shift: float = Field(0.1, ge=0.0, lt=1.0)
-    crop_padding: int = Field(0, ge=0)
+    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
     erasing_probability: float = Field(0.0, ge=0.0, le=1.0)
     erasing_max_area: float = Field(0.25, gt=0.0, le=1.0)
     fill_mode: Literal["reflect", "nearest", "constant", "wrap"] = "reflect"

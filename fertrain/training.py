@@ -13,7 +13,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,8 @@ def train(
         config = read_run_config(resume)
     elif config is None:
         raise ConfigError("no config given: pass --config FILE (or --resume RUN_DIR)")
+    elif run_dir is not None:
+        _refuse_occupied(Path(run_dir))
     config = _with_data_dir(config, data_dir)
     runtime = resolve_runtime(config.train)
     seed_everything(config.train.seed, config.train.deterministic)
@@ -122,6 +124,10 @@ def train(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
     trainer = _compile_trainer(config, runtime, schedule, train_batches[0])
+    notes = []
+    if runtime.jit_compile and not trainer.jit_compile:
+        notes.append(f"XLA off: {_xla_blocker(runtime, trainer)}")
+        runtime = replace(runtime, jit_compile=False)
 
     output_dir = _claim_output_dir(config, runtime, run_dir, resume, runs_root)
     try:
@@ -164,14 +170,15 @@ def train(
     finally:
         if not runtime.is_chief:
             shutil.rmtree(output_dir, ignore_errors=True)
-    notes = (
-        () if runtime.is_chief else (f"worker {runtime.worker_index}: the chief (worker 0) wrote the run",)
-    )
+    if not runtime.is_chief:
+        notes.append(f"worker {runtime.worker_index}: the chief (worker 0) wrote the run")
+    elif not _tensorboard_available():
+        notes.append("no TensorBoard logs: Keras writes them with TensorFlow, which is not installed")
     return TrainingResult(
         run_dir=output_dir if runtime.is_chief else None,
         metrics=metrics,
         resumed_from_epoch=completed,
-        notes=notes,
+        notes=tuple(notes),
     )
 
 
@@ -246,12 +253,22 @@ def _compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) 
             optimizer=build_optimizer(config.train, schedule),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            jit_compile=runtime.jit_compile,
+            jit_compile=runtime.jit_compile and _xla_blocker(runtime, trainer) is None,
             steps_per_execution=config.train.steps_per_execution,
         )
         # Restoring a backup needs the variables to exist before `fit` builds them.
         trainer.build_for_training(example_batch)
     return trainer
+
+
+def _xla_blocker(runtime: Runtime, trainer: AugmentedTrainer) -> str | None:
+    """Why Keras would refuse XLA for this trainer, or None (checked first to avoid its warning)."""
+    if runtime.backend == "tensorflow" and runtime.deterministic:
+        return "TensorFlow's op determinism and XLA do not combine (train.deterministic)"
+    blockers = [type(layer).__name__ for layer in trainer.augmentation.layers if not layer.supports_jit]
+    if blockers:
+        return f"{', '.join(sorted(set(blockers)))} use image ops that TensorFlow cannot compile with XLA"
+    return None
 
 
 def _claim_output_dir(
@@ -265,10 +282,7 @@ def _claim_output_dir(
         return Path(resume)
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise ConfigError(
-                f"{run_dir}: already exists and is not empty; resume it with --resume or pick another"
-            )
+        _refuse_occupied(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -281,6 +295,13 @@ def _claim_output_dir(
         except FileExistsError:
             continue
     raise ConfigError(f"{base}: could not find a free run directory name")
+
+
+def _refuse_occupied(run_dir: Path) -> None:
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"{run_dir}: already exists and is not empty; resume it with --resume or pick another"
+        )
 
 
 def _completed_epochs(run_dir: Path) -> int:
