@@ -88,8 +88,22 @@ class NetworkCheckpoints(keras.callbacks.Callback):
 
 def save_atomic(model: keras.Model, path: Path) -> None:
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    model.save(temporary)
+    float32_copy(model).save(temporary)
     os.replace(temporary, path)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The model itself, or under mixed precision a float32 twin with the same weights: saved
+    models are for inference, where float16/bfloat16 compute only costs accuracy (and on CPU, speed)."""
+    if not any(layer.dtype_policy.name.startswith("mixed") for layer in model.layers):
+        return model
+
+    def in_float32(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    twin = keras.models.clone_model(model, clone_function=in_float32)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
