@@ -109,9 +109,9 @@ def synthetic_faces(count: int, size: int, num_classes: int, seed: int) -> tuple
     return images, labels[rng.permutation(count)]
 
 
-def _windows(stopwatch: Stopwatch, images_per_window: int) -> list[float]:
+def _windows(stopwatch: Stopwatch) -> list[float]:
     """Images/s of each timed epoch: all but the first, which traces and compiles."""
-    return [images_per_window / seconds for seconds in stopwatch.train_seconds[1:]]
+    return [stopwatch.images_per_epoch / seconds for seconds in stopwatch.train_seconds[1:]]
 
 
 def _throughput(batch_size: int, windows: list[float], predict_images_per_s: float) -> Throughput:
@@ -155,9 +155,9 @@ def train_fertrain(config: Config, runtime, steps: int, repeats: int, seed: int)
         config.train.schedule, config.train.optimizer.learning_rate, 1 + repeats, len(batches)
     )
     trainer = _compile_trainer(config, runtime, schedule, batches[0])
-    stopwatch = Stopwatch()
+    stopwatch = Stopwatch(len(images))
     trainer.fit(batches, epochs=1 + repeats, shuffle=False, verbose=0, callbacks=[stopwatch])
-    return _windows(stopwatch, len(batches) * batch_size), trainer
+    return _windows(stopwatch), trainer
 
 
 def predict_fertrain(network: keras.Model, faces: np.ndarray, repeats: int) -> float:
@@ -193,9 +193,9 @@ def run_notebook(
     images, labels = synthetic_faces(NOTEBOOK_BATCH_SIZE * steps, size, num_classes, seed)
     x = images[..., None].astype("float32") / 255.0
     y = keras.utils.to_categorical(labels, num_classes)
-    stopwatch = Stopwatch()
+    stopwatch = Stopwatch(len(x))
     model.fit(x, y, batch_size=NOTEBOOK_BATCH_SIZE, epochs=1 + repeats, verbose=0, callbacks=[stopwatch])
-    windows = _windows(stopwatch, len(x))
+    windows = _windows(stopwatch)
     faces, _ = synthetic_faces(predict_images, size, num_classes, seed + 1)
     test = faces[..., None].astype("float32") / 255.0
     predict_rate = _best_rate(lambda: model.predict(test, verbose=0), len(test), repeats)
