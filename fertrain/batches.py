@@ -20,6 +20,8 @@ class ArrayBatches(keras.utils.PyDataset):
     """Yields (images [B, H, W, 1], one-hot float32 labels [B, K][, float32 weights [B]]).
 
     Images stay uint8 unless `image_dtype` says otherwise (float16 holds 0-255 exactly).
+    `drop_remainder` leaves out the last partial batch (different images each shuffled epoch): under
+    XLA every new batch shape is another compilation, which costs more than the images are worth.
     """
 
     def __init__(
@@ -31,11 +33,13 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle_seed: int | None = None,
         class_weights: np.ndarray | None = None,
         image_dtype: str = "uint8",
+        drop_remainder: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.images = images
         self.image_dtype = np.dtype(image_dtype)
+        self.drop_remainder = drop_remainder and len(labels) >= batch_size
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle_seed = shuffle_seed
@@ -55,7 +59,12 @@ class ArrayBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.shuffle_seed, epoch]).permutation(len(self.labels))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        batches = len(self.labels) / self.batch_size
+        return math.floor(batches) if self.drop_remainder else math.ceil(batches)
+
+    @property
+    def images_per_epoch(self) -> int:
+        return min(len(self) * self.batch_size, len(self.labels))
 
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]

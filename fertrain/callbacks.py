@@ -207,8 +207,9 @@ def reporter_callback(reporter: TrainingReporter, epochs: int, steps: int) -> ke
 class Stopwatch(keras.callbacks.Callback):
     """Wall time of each epoch and of its training phase (up to validation), for throughput."""
 
-    def __init__(self):
+    def __init__(self, images_per_epoch: int):
         super().__init__()
+        self.images_per_epoch = images_per_epoch
         self.epoch_seconds: list[float] = []
         self.train_seconds: list[float] = []
         self._epoch_start = self._train_end = None
@@ -224,6 +225,14 @@ class Stopwatch(keras.callbacks.Callback):
         now = time.perf_counter()
         self.epoch_seconds.append(now - self._epoch_start)
         self.train_seconds.append((self._train_end or now) - self._epoch_start)
+
+    def train_images_per_s(self) -> float | None:
+        """Training throughput of this process, leaving out its first epoch (tracing, compilation)
+        when there is another."""
+        seconds = self.train_seconds[1:] or self.train_seconds
+        if not seconds:
+            return None
+        return round(self.images_per_epoch * len(seconds) / sum(seconds), 1)
 
 
 class EpochEndHook(keras.callbacks.Callback):

@@ -112,6 +112,7 @@ def train(
         shuffle_seed=config.train.seed,
         class_weights=weights,
         image_dtype=image_dtype,
+        drop_remainder=True,
     )
     val_batches = ArrayBatches(
         splits.val_images,
@@ -136,7 +137,7 @@ def train(
         previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
         if resume is None:
             write_atomic(output_dir / CONFIG_FILE, dump_config(config))
-        stopwatch = Stopwatch()
+        stopwatch = Stopwatch(train_batches.images_per_epoch)
 
         def session_elapsed() -> float:
             return time.perf_counter() - session_start
@@ -418,7 +419,7 @@ def _write_metrics(
         "epochs_planned": config.train.epochs,
         "stopped_early": finished and len(history) < config.train.epochs,
         "wall_time_s": round(wall_time_s, 3),
-        "train_images_per_s": _throughput(stopwatch, len(splits.train_labels)),
+        "train_images_per_s": stopwatch.train_images_per_s(),
         "train_images": len(splits.train_labels),
         "val_images": len(splits.val_labels),
         "backend": runtime.backend,
@@ -431,11 +432,3 @@ def _write_metrics(
     }
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _throughput(stopwatch: Stopwatch, images_per_epoch: int) -> float | None:
-    """Training images/s of this session, leaving out its first epoch (tracing, compilation) if it can."""
-    seconds = stopwatch.train_seconds[1:] or stopwatch.train_seconds
-    if not seconds:
-        return None
-    return round(images_per_epoch * len(seconds) / sum(seconds), 1)
