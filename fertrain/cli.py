@@ -317,8 +317,9 @@ def train(
     console.print(
         f"{best}{early}; {metrics['wall_time_s']:.0f}s" + (f", {speed:,.0f} train images/s" if speed else ""),
         highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"wrote {result.run_dir}", highlight=False)
+    console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
 
 
 @app.command()
