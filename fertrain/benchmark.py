@@ -2,11 +2,12 @@
 
 Training is timed through fertrain's own path (the `AugmentedTrainer` that `fertrain train` compiles,
 fed by `ArrayBatches`, augmentation included) on seeded random faces: throughput does not depend on
-pixel values, and a benchmark must not need the data set. Each timed window is one epoch of
-`steps` batches inside one `fit`; the first epoch (tracing, compilation) is left out, and the best
+pixel values, and a benchmark must not need the data set. Each timed window is one `fit` epoch of
+`steps` batches followed by one predict pass; a first, untimed window traces and compiles. The best
 window is the headline because other processes on a shared machine only ever slow a window down.
 
-`compare_notebook` also times "the notebook way" in the same process: the same network with stock
+`compare_notebook` also times "the notebook way" in the same process, alternating windows with
+fertrain's so that both see the same machine: the same network with stock
 Keras layers and no rescaling layer, plain `model.fit` on float32 arrays scaled to 0-1, batch 64,
 default Adam, and `model.predict` with its default batch size.
 """
@@ -17,7 +18,8 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,34 +111,41 @@ def synthetic_faces(count: int, size: int, num_classes: int, seed: int) -> tuple
     return images, labels[rng.permutation(count)]
 
 
-def _windows(stopwatch: Stopwatch) -> list[float]:
-    """Images/s of each timed epoch: all but the first, which traces and compiles."""
-    return [stopwatch.images_per_epoch / seconds for seconds in stopwatch.train_seconds[1:]]
+@dataclass
+class _Way:
+    """One way of training and predicting, driven a window at a time so that ways can alternate."""
 
+    batch_size: int
+    fit_epoch: Callable[[], None]
+    predict_pass: Callable[[], None]
+    stopwatch: Stopwatch
+    predict_rates: list[float] = field(default_factory=list)
 
-def _throughput(batch_size: int, windows: list[float], predict_images_per_s: float) -> Throughput:
-    return Throughput(
-        batch_size=batch_size,
-        train_images_per_s=round(max(windows), 1),
-        train_images_per_s_median=round(statistics.median(windows), 1),
-        train_windows=[round(w, 1) for w in windows],
-        predict_images_per_s=round(predict_images_per_s, 1),
-    )
+    def warm_up(self) -> None:
+        """Traces and compiles both paths; this epoch is not counted."""
+        self.fit_epoch()
+        self.predict_pass()
 
-
-def _best_rate(run, images: int, repeats: int) -> float:
-    """Best images/s of `repeats` timed calls of `run`, after one untimed call."""
-    run()
-    best = 0.0
-    for _ in range(repeats):
+    def time_window(self, predict_images: int) -> None:
+        self.fit_epoch()
         start = time.perf_counter()
-        run()
-        best = max(best, images / (time.perf_counter() - start))
-    return best
+        self.predict_pass()
+        self.predict_rates.append(predict_images / (time.perf_counter() - start))
+
+    def throughput(self) -> Throughput:
+        windows = [self.stopwatch.images_per_epoch / s for s in self.stopwatch.train_seconds[1:]]
+        return Throughput(
+            batch_size=self.batch_size,
+            train_images_per_s=round(max(windows), 1),
+            train_images_per_s_median=round(statistics.median(windows), 1),
+            train_windows=[round(w, 1) for w in windows],
+            predict_images_per_s=round(max(self.predict_rates), 1),
+        )
 
 
-def train_fertrain(config: Config, runtime, steps: int, repeats: int, seed: int):
-    """Times `repeats` epochs of `steps` batches through fertrain's trainer; returns (windows, trainer)."""
+def fertrain_way(config: Config, runtime, steps: int, seed: int, model_path: Path, faces: np.ndarray):
+    """fertrain's trainer on `steps` batches per epoch, and `fertrain evaluate`'s path (the network
+    saved to `model_path`, loaded back, `predict_probabilities`). Returns (way, trainer)."""
     batch_size = config.data.batch_size
     images, labels = synthetic_faces(
         batch_size * steps, config.model.input_size, config.model.num_classes, seed
@@ -151,22 +160,20 @@ def train_fertrain(config: Config, runtime, steps: int, repeats: int, seed: int)
         # tf.distribute averages a first batch across replicas, which integer tensors fail.
         image_dtype="uint8" if runtime.strategy is None else "float16",
     )
-    schedule = build_schedule(
-        config.train.schedule, config.train.optimizer.learning_rate, 1 + repeats, len(batches)
-    )
+    schedule = build_schedule(config.train.schedule, config.train.optimizer.learning_rate, 1, len(batches))
     trainer = _compile_trainer(config, runtime, schedule, batches[0])
     stopwatch = Stopwatch(len(images))
-    trainer.fit(batches, epochs=1 + repeats, shuffle=False, verbose=0, callbacks=[stopwatch])
-    return _windows(stopwatch), trainer
 
+    def fit_epoch() -> None:
+        trainer.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=[stopwatch])
 
-def predict_fertrain(network: keras.Model, faces: np.ndarray, repeats: int) -> float:
-    """Images/s of `fertrain evaluate`'s path: the saved model loaded back, `predict_probabilities`."""
-    with tempfile.TemporaryDirectory(prefix="fertrain-benchmark-") as scratch:
-        path = Path(scratch) / "model.keras"
-        network.save(path)
-        classifier = load_classifier(path)
-        return _best_rate(lambda: predict_probabilities([classifier], faces), len(faces), repeats)
+    trainer.network.save(model_path)
+    classifier = load_classifier(model_path)
+
+    def predict_pass() -> None:
+        predict_probabilities([classifier], faces)
+
+    return _Way(batch_size, fit_epoch, predict_pass, stopwatch), trainer
 
 
 def _stock_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -182,24 +189,24 @@ def notebook_network(network: keras.Model) -> keras.Model:
     return keras.models.clone_model(network, clone_function=_stock_layer)
 
 
-def run_notebook(
-    network: keras.Model, steps: int, repeats: int, predict_images: int, seed: int
-) -> Throughput:
+def notebook_way(network: keras.Model, steps: int, seed: int, faces: np.ndarray) -> _Way:
     """The notebook's way, untuned: float32 0-1 arrays, `fit` at batch 64, `predict` at its default."""
-    size = network.inputs[0].shape[1]
     num_classes = network.outputs[0].shape[-1]
     model = notebook_network(network)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    images, labels = synthetic_faces(NOTEBOOK_BATCH_SIZE * steps, size, num_classes, seed)
+    images, labels = synthetic_faces(NOTEBOOK_BATCH_SIZE * steps, faces.shape[1], num_classes, seed)
     x = images[..., None].astype("float32") / 255.0
     y = keras.utils.to_categorical(labels, num_classes)
-    stopwatch = Stopwatch(len(x))
-    model.fit(x, y, batch_size=NOTEBOOK_BATCH_SIZE, epochs=1 + repeats, verbose=0, callbacks=[stopwatch])
-    windows = _windows(stopwatch)
-    faces, _ = synthetic_faces(predict_images, size, num_classes, seed + 1)
     test = faces[..., None].astype("float32") / 255.0
-    predict_rate = _best_rate(lambda: model.predict(test, verbose=0), len(test), repeats)
-    return _throughput(NOTEBOOK_BATCH_SIZE, windows, predict_rate)
+    stopwatch = Stopwatch(len(x))
+
+    def fit_epoch() -> None:
+        model.fit(x, y, batch_size=NOTEBOOK_BATCH_SIZE, epochs=1, verbose=0, callbacks=[stopwatch])
+
+    def predict_pass() -> None:
+        model.predict(test, verbose=0)
+
+    return _Way(NOTEBOOK_BATCH_SIZE, fit_epoch, predict_pass, stopwatch)
 
 
 def peak_rss_mb() -> float:
@@ -249,12 +256,22 @@ def benchmark(
         config = config.model_copy(update={"data": config.data.model_copy(update={"batch_size": batch_size})})
     runtime = resolve_runtime(config.train)
     seed_everything(seed, config.train.deterministic)
-    windows, trainer = train_fertrain(config, runtime, steps, repeats, seed)
-    network = trainer.network
     faces, _ = synthetic_faces(predict_images, config.model.input_size, config.model.num_classes, seed + 1)
-    fertrain = _throughput(config.data.batch_size, windows, predict_fertrain(network, faces, repeats))
-    rss, gpu = peak_rss_mb(), gpu_peak_mb(runtime.backend)
-    notebook = run_notebook(network, steps, repeats, predict_images, seed) if compare_notebook else None
+    with tempfile.TemporaryDirectory(prefix="fertrain-benchmark-") as scratch:
+        ours, trainer = fertrain_way(config, runtime, steps, seed, Path(scratch) / "model.keras", faces)
+        network = trainer.network
+        ours.warm_up()
+        # Memory of fertrain's own training and inference, before the notebook's copy exists.
+        rss, gpu = peak_rss_mb(), gpu_peak_mb(runtime.backend)
+        ways = [ours]
+        if compare_notebook:
+            ways.append(notebook_way(network, steps, seed, faces))
+            ways[-1].warm_up()
+        # Alternating window by window, a burst of load from other processes hits both ways alike.
+        for _ in range(repeats):
+            for way in ways:
+                way.time_window(predict_images)
+        fertrain, notebook = ways[0].throughput(), (ways[1].throughput() if compare_notebook else None)
     summary = summarize(network)
     return BenchmarkResult(
         config_name=config.name,
