@@ -107,6 +107,17 @@ class Runtime:
     def is_chief(self) -> bool:
         return self.worker_index == 0
 
+    def summary(self) -> dict[str, Any]:
+        """The choices as recorded in metrics.json and shown when training starts."""
+        return {
+            "backend": self.backend,
+            "devices": self.devices,
+            "mixed_precision": self.mixed_precision,
+            "jit_compile": self.jit_compile,
+            "distribution": self.distribution,
+            "workers": self.num_workers,
+        }
+
     def scope(self) -> contextlib.AbstractContextManager:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 

@@ -71,6 +71,9 @@ class Splits:
     val_images: np.ndarray
     val_labels: np.ndarray
 
+    def sizes(self) -> dict[str, int]:
+        return {"train_images": len(self.train_labels), "val_images": len(self.val_labels)}
+
 
 def train(
     config: Config | None = None,
@@ -189,14 +192,8 @@ def _plan(config: Config, runtime: Runtime, splits: Splits, completed: int, step
         "resumed_from_epoch": completed,
         "epochs": config.train.epochs,
         "steps_per_epoch": steps,
-        "train_images": len(splits.train_labels),
-        "val_images": len(splits.val_labels),
-        "backend": runtime.backend,
-        "devices": runtime.devices,
-        "mixed_precision": runtime.mixed_precision,
-        "jit_compile": runtime.jit_compile,
-        "distribution": runtime.distribution,
-        "workers": runtime.num_workers,
+        **splits.sizes(),
+        **runtime.summary(),
         "worker": runtime.worker_index,
     }
 
@@ -420,14 +417,8 @@ def _write_metrics(
         "stopped_early": finished and len(history) < config.train.epochs,
         "wall_time_s": round(wall_time_s, 3),
         "train_images_per_s": stopwatch.train_images_per_s(),
-        "train_images": len(splits.train_labels),
-        "val_images": len(splits.val_labels),
-        "backend": runtime.backend,
-        "devices": runtime.devices,
-        "mixed_precision": runtime.mixed_precision,
-        "jit_compile": runtime.jit_compile,
-        "distribution": runtime.distribution,
-        "workers": runtime.num_workers,
+        **splits.sizes(),
+        **runtime.summary(),
         "versions": versions(),
     }
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")

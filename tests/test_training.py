@@ -63,6 +63,18 @@ def fertrain_command(*args) -> list[str]:
     return [sys.executable, "-m", "fertrain", *map(str, args)]
 
 
+def run_fertrain(*args, **env: str) -> subprocess.CompletedProcess:
+    """`fertrain *args` in a fresh process, as a user runs it; `env` adds environment variables."""
+    return subprocess.run(
+        fertrain_command(*args),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**env),
+        timeout=600,
+        cwd=REPO,
+    )
+
+
 def model_weights(path: Path) -> list[np.ndarray]:
     return keras.saving.load_model(path, safe_mode=True).get_weights()
 
@@ -85,14 +97,7 @@ def make_dataset(directory: Path, train_size: int, val_size: int = 32, seed: int
 def one_epoch_run(tmp_path_factory, prepared_sample):
     """`fertrain train` for one epoch on the bundled sample, run the way a user runs it."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    done = subprocess.run(
-        fertrain_command(*train_args(prepared_sample, "train.epochs=1"), "--run-dir", run_dir),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-        cwd=REPO,
-    )
+    done = run_fertrain(*train_args(prepared_sample, "train.epochs=1"), "--run-dir", run_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir, done.stdout
 
@@ -171,14 +176,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, prepared_sam
         or json.loads((killed / "metrics.json").read_text())["status"] == "running"
     )
 
-    resumed = subprocess.run(
-        fertrain_command("train", "--resume", killed),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-        cwd=REPO,
-    )
+    resumed = run_fertrain("train", "--resume", killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch" in resumed.stdout
     assert uninterrupted.wait(timeout=300) == 0
@@ -510,17 +508,11 @@ def test_other_keras_backends_train_with_the_same_command(tmp_path, prepared_sam
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        fertrain_command(
-            *train_args(prepared_sample, "train.epochs=1", "data.augment.erasing_probability=0.5"),
-            "--run-dir",
-            run_dir,
-        ),
-        capture_output=True,
-        text=True,
-        env=subprocess_env(KERAS_BACKEND=backend),
-        timeout=600,
-        cwd=REPO,
+    done = run_fertrain(
+        *train_args(prepared_sample, "train.epochs=1", "data.augment.erasing_probability=0.5"),
+        "--run-dir",
+        run_dir,
+        KERAS_BACKEND=backend,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
