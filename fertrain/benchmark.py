@@ -51,6 +51,9 @@ class Throughput:
     train_images_per_s: float  # best timed window
     train_images_per_s_median: float
     train_windows: list[float]
+    # Process CPU time (all threads) per trained image, best window: the work a step costs, which
+    # other processes sharing the cores disturb far less than wall time.
+    train_cpu_ms_per_image: float
     predict_images_per_s: float  # best of the timed passes
 
 
@@ -119,6 +122,7 @@ class _Way:
     fit_epoch: Callable[[], None]
     predict_pass: Callable[[], None]
     stopwatch: Stopwatch
+    cpu_ms_per_image: list[float] = field(default_factory=list)
     predict_rates: list[float] = field(default_factory=list)
 
     def warm_up(self) -> None:
@@ -127,7 +131,10 @@ class _Way:
         self.predict_pass()
 
     def time_window(self, predict_images: int) -> None:
+        cpu_start = time.process_time()
         self.fit_epoch()
+        cpu_seconds = time.process_time() - cpu_start
+        self.cpu_ms_per_image.append(1000 * cpu_seconds / self.stopwatch.images_per_epoch)
         start = time.perf_counter()
         self.predict_pass()
         self.predict_rates.append(predict_images / (time.perf_counter() - start))
@@ -139,6 +146,7 @@ class _Way:
             train_images_per_s=round(max(windows), 1),
             train_images_per_s_median=round(statistics.median(windows), 1),
             train_windows=[round(w, 1) for w in windows],
+            train_cpu_ms_per_image=round(min(self.cpu_ms_per_image), 3),
             predict_images_per_s=round(max(self.predict_rates), 1),
         )
 

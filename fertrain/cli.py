@@ -476,7 +476,7 @@ def benchmark(
         return
     table = Table(title=f"{result.config_name}: {', '.join(result.devices)}, Keras on {result.backend}")
     table.add_column("way")
-    for column in ("batch", "train img/s (best)", "median", "predict img/s"):
+    for column in ("batch", "train img/s (best)", "median", "train CPU ms/img", "predict img/s"):
         table.add_column(column, justify="right")
     ways = [("fertrain", result.fertrain), ("notebook", result.notebook)]
     for name, way in ways:
@@ -486,11 +486,17 @@ def benchmark(
                 str(way.batch_size),
                 f"{way.train_images_per_s:,.1f}",
                 f"{way.train_images_per_s_median:,.1f}",
+                f"{way.train_cpu_ms_per_image:.2f}",
                 f"{way.predict_images_per_s:,.1f}",
             )
     if result.notebook is not None:
         table.add_row(
-            "fertrain / notebook", "", f"{result.train_speedup:.2f}x", "", f"{result.predict_speedup:.2f}x"
+            "fertrain / notebook",
+            "",
+            f"{result.train_speedup:.2f}x",
+            "",
+            "",
+            f"{result.predict_speedup:.2f}x",
         )
     console.print(table)
     gpu = "" if result.gpu_peak_mb is None else f", GPU peak {result.gpu_peak_mb:,.0f} MiB"

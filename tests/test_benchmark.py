@@ -53,6 +53,7 @@ def test_benchmark_reports_consistent_figures_beside_the_notebook():
         assert way.train_images_per_s == max(way.train_windows) > 0
         assert min(way.train_windows) <= way.train_images_per_s_median <= way.train_images_per_s
         assert way.predict_images_per_s > 0
+        assert way.train_cpu_ms_per_image > 0
     assert result.notebook.batch_size == 64
     assert math.isclose(result.epoch_seconds, FER2013_TRAIN_IMAGES / result.fertrain.train_images_per_s)
     assert math.isclose(
