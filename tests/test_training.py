@@ -524,3 +524,54 @@ def test_other_keras_backends_train_with_the_same_command(tmp_path, prepared_sam
     )
     accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
     assert accuracy == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_and_says_so(tmp_path):
+    data = make_dataset(tmp_path / "data", train_size=64)
+    # A learning rate this small leaves val accuracy where it started: no epoch improves on the first.
+    config = tiny_config(
+        data,
+        "train.epochs=6",
+        "data.batch_size=16",
+        "train.optimizer.learning_rate=1e-12",
+        "train.early_stopping_patience=2",
+    )
+    result = train(config, run_dir=tmp_path / "run")
+    scores = [row["val_accuracy"] for row in read_history(result.run_dir / "history.csv")]
+    stop = first_epoch_out_of_patience(scores, patience=2)
+    assert stop is not None and len(scores) == stop < 6 and result.metrics["stopped_early"] is True
+    assert result.metrics["status"] == "finished" and result.metrics["epochs_run"] == stop
+
+
+def first_epoch_out_of_patience(scores: list[float], patience: int) -> int | None:
+    """The 1-based epoch after which early stopping must end training, or None."""
+    best, wait = scores[0], 0
+    for epoch, score in enumerate(scores[1:], start=2):
+        best, wait = (score, 0) if score > best else (best, wait + 1)
+        if wait >= patience:
+            return epoch
+    return None
+
+
+def test_patience_counters_continue_across_a_resume():
+    from fertrain.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    past = [
+        {"epoch": 1, "val_accuracy": 0.50, "val_loss": 1.0},
+        {"epoch": 2, "val_accuracy": 0.40, "val_loss": 1.1},
+        {"epoch": 3, "val_accuracy": 0.45, "val_loss": 1.2},
+    ]
+    stopping = ResumableEarlyStopping(past, monitor="val_accuracy", mode="max", patience=3)
+    stopping.set_model(model)
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait, model.stop_training) == (0.50, 2, False)
+
+    plateau = ResumableReduceLROnPlateau(past, 0.1, monitor="val_loss", mode="min", factor=0.5, patience=2)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    # Replayed from the initial 0.1: epochs 2 and 3 did not improve, so the rate was halved once.
+    assert (plateau.best, plateau.wait) == (1.0, 0)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05)
