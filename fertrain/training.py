@@ -95,6 +95,9 @@ def train(
                 "--resume continues a run with its own saved config; drop --config and --run-dir"
             )
         config = read_run_config(resume)
+        if config.train.distribution == "multi_worker":
+            # Each worker would need its own backup of the same epoch; only the chief keeps one.
+            raise ConfigError(f"{resume}: resuming a multi_worker run is not supported; start it again")
     elif config is None:
         raise ConfigError("no config given: pass --config FILE (or --resume RUN_DIR)")
     elif run_dir is not None:
