@@ -1,10 +1,11 @@
 """Xception-family models built from `ModelConfig`, and their parameter/MAC summary.
 
-Every layer is a built-in Keras 3 layer, so `keras.saving.load_model(path, safe_mode=True)`
-loads any saved fertrain model without custom objects.
+Importing this package registers fertrain's one custom layer (`FusedBatchNormalization`), so
+`keras.saving.load_model(path, safe_mode=True)` loads any saved fertrain model afterwards.
 """
 
+from fertrain.models.layers import FusedBatchNormalization
 from fertrain.models.summary import ModelSummary, summarize
 from fertrain.models.xception import build_model
 
-__all__ = ["ModelSummary", "build_model", "summarize"]
+__all__ = ["FusedBatchNormalization", "ModelSummary", "build_model", "summarize"]

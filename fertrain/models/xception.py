@@ -1,8 +1,9 @@
 """The Xception family, built from a `ModelConfig`: the notebook's Xception, mini-Xception and
 everything in between differ only in config values.
 
-Keras 3 layers only (no backend ops, no Lambda), so the same code builds under TensorFlow,
-JAX and PyTorch and saves as a `.keras` file that loads with `safe_mode=True`.
+Keras 3 layers only (no Lambda; the one registered layer falls back to Keras' own code off
+TensorFlow), so the same code builds under TensorFlow, JAX and PyTorch and saves as a `.keras`
+file that loads with `safe_mode=True` once `fertrain.models` is imported.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import keras
 from keras import layers
 
 from fertrain.config import ModelConfig
+from fertrain.models.layers import FusedBatchNormalization
 
 # Pixel range the network sees after its built-in rescaling of raw 0-255 input.
 _INPUT_SCALING = {"unit": (1.0 / 255.0, 0.0), "symmetric": (1.0 / 127.5, -1.0)}
@@ -26,7 +28,7 @@ def _regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:
 
 
 def _batchnorm(cfg: ModelConfig, name: str) -> layers.BatchNormalization:
-    return layers.BatchNormalization(momentum=cfg.batchnorm_momentum, name=name)
+    return FusedBatchNormalization(momentum=cfg.batchnorm_momentum, name=name)
 
 
 def _conv_bn_relu(x, width: int, stride: int, cfg: ModelConfig, name: str):
