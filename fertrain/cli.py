@@ -263,7 +263,14 @@ def prepare(
         console.print(f"val: {carve['fraction']:.0%} of each class of train (seed {carve['seed']})")
 
 
-@app.command()
+TRAIN_NOTES = (
+    "Several machines: give each the same config with train.distribution=multi_worker and a TF_CONFIG "
+    'such as {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+    '"index": 0}} (index 1 on host2); start them all; worker 0 writes the run directory.'
+)
+
+
+@app.command(epilog=TRAIN_NOTES)
 def train(
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="YAML config file (not with --resume).")

@@ -13,6 +13,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,59 @@ def train(
     model have been checked.
     """
     session_start = time.perf_counter()
+    config = _with_data_dir(_resolve_config(config, run_dir, resume), data_dir)
+    job = _prepare_job(config)
+    output_dir = _claim_output_dir(config, job.runtime, run_dir, resume, runs_root)
+    try:
+        completed = _completed_epochs(output_dir) if resume is not None else 0
+        if resume is None:
+            write_atomic(output_dir / CONFIG_FILE, dump_config(config))
+        if reporter is not None:
+            reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
+        metrics = _fit(job, output_dir, completed, reporter, session_start)
+        shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
+    finally:
+        if not job.runtime.is_chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    notes = list(job.notes)
+    if not job.runtime.is_chief:
+        notes.append(f"worker {job.runtime.worker_index}: the chief (worker 0) wrote the run")
+    elif not _tensorboard_available():
+        notes.append("no TensorBoard logs: Keras writes them with TensorFlow, which is not installed")
+    return TrainingResult(
+        run_dir=output_dir if job.runtime.is_chief else None,
+        metrics=metrics,
+        resumed_from_epoch=completed,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything a run needs, checked and built before anything is written."""
+
+    config: Config
+    runtime: Runtime
+    splits: Splits
+    train_batches: ArrayBatches
+    val_batches: ArrayBatches
+    schedule: Any
+    trainer: AugmentedTrainer
+    notes: tuple[str, ...]
+
+    def plan(self, completed: int) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "resumed_from_epoch": completed,
+            "epochs": self.config.train.epochs,
+            "steps_per_epoch": len(self.train_batches),
+            **self.splits.sizes(),
+            **self.runtime.summary(),
+            "worker": self.runtime.worker_index,
+        }
+
+
+def _resolve_config(config: Config | None, run_dir: str | Path | None, resume: str | Path | None) -> Config:
     if resume is not None:
         if config is not None or run_dir is not None:
             raise ConfigError(
@@ -98,107 +152,76 @@ def train(
         if config.train.distribution == "multi_worker":
             # Each worker would need its own backup of the same epoch; only the chief keeps one.
             raise ConfigError(f"{resume}: resuming a multi_worker run is not supported; start it again")
-    elif config is None:
+        return config
+    if config is None:
         raise ConfigError("no config given: pass --config FILE (or --resume RUN_DIR)")
-    elif run_dir is not None:
+    if run_dir is not None:
         _refuse_occupied(Path(run_dir))
-    config = _with_data_dir(config, data_dir)
+    return config
+
+
+def _prepare_job(config: Config) -> TrainingJob:
     runtime = resolve_runtime(config.train)
     seed_everything(config.train.seed, config.train.deterministic)
     splits = _load_splits(config)
-    weights = class_weights(config.train, splits.train_labels, config.model.num_classes)
     # Under tf.distribute, Keras averages a first batch across replicas to build the model, which
     # fails for integer tensors; float16 carries 0-255 exactly at twice uint8's size.
     image_dtype = "uint8" if runtime.strategy is None else "float16"
+    classes, batch_size = config.model.num_classes, config.data.batch_size
     train_batches = ArrayBatches(
         splits.train_images,
         splits.train_labels,
-        config.model.num_classes,
-        config.data.batch_size,
+        classes,
+        batch_size,
         shuffle_seed=config.train.seed,
-        class_weights=weights,
+        class_weights=class_weights(config.train, splits.train_labels, classes),
         image_dtype=image_dtype,
         drop_remainder=True,
     )
     val_batches = ArrayBatches(
-        splits.val_images,
-        splits.val_labels,
-        config.model.num_classes,
-        config.data.batch_size,
-        image_dtype=image_dtype,
+        splits.val_images, splits.val_labels, classes, batch_size, image_dtype=image_dtype
     )
     schedule = build_schedule(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
     trainer = _compile_trainer(config, runtime, schedule, train_batches[0])
-    notes = []
+    notes = ()
     if runtime.jit_compile and not trainer.jit_compile:
-        notes.append(f"XLA off: {_xla_blocker(runtime, trainer)}")
+        notes = (f"XLA off: {_xla_blocker(runtime, trainer)}",)
         runtime = replace(runtime, jit_compile=False)
+    return TrainingJob(config, runtime, splits, train_batches, val_batches, schedule, trainer, notes)
 
-    output_dir = _claim_output_dir(config, runtime, run_dir, resume, runs_root)
-    try:
-        completed = _completed_epochs(output_dir) if resume is not None else 0
-        past = _truncate_history(output_dir / HISTORY_FILE, completed)
-        previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
-        if resume is None:
-            write_atomic(output_dir / CONFIG_FILE, dump_config(config))
-        stopwatch = Stopwatch(train_batches.images_per_epoch)
 
-        def session_elapsed() -> float:
-            return time.perf_counter() - session_start
+def _fit(
+    job: TrainingJob,
+    output_dir: Path,
+    completed: int,
+    reporter: TrainingReporter | None,
+    session_start: float,
+) -> dict[str, Any]:
+    """Runs `fit` from epoch `completed`; returns the final metrics.json contents."""
+    past = _truncate_history(output_dir / HISTORY_FILE, completed)
+    previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
+    stopwatch = Stopwatch(job.train_batches.images_per_epoch)
 
-        def record_epoch(epoch: int, logs: dict[str, Any]) -> None:
-            _write_metrics(output_dir, config, runtime, splits, stopwatch, previous_wall + session_elapsed())
+    def write_metrics(finished: bool = False) -> dict[str, Any]:
+        wall_time_s = previous_wall + time.perf_counter() - session_start
+        return _write_metrics(output_dir, job, stopwatch, wall_time_s, finished)
 
-        callbacks = _callbacks(
-            config, trainer, train_batches, schedule, output_dir, past, stopwatch, record_epoch
-        )
-        if reporter is not None:
-            callbacks.insert(0, reporter_callback(reporter, config.train.epochs, len(train_batches)))
-            reporter.training_started(
-                output_dir if runtime.is_chief else None,
-                _plan(config, runtime, splits, completed, len(train_batches)),
-            )
-        trainer.fit(
-            train_batches,
-            validation_data=val_batches,
-            epochs=config.train.epochs,
-            callbacks=callbacks,
-            # ArrayBatches shuffles from (seed, epoch); Keras' own batch shuffle draws from the
-            # process-global `random` state, which a resumed process does not share.
-            shuffle=False,
-            verbose=0,
-        )
-        metrics = _write_metrics(
-            output_dir, config, runtime, splits, stopwatch, previous_wall + session_elapsed(), finished=True
-        )
-        shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
-    finally:
-        if not runtime.is_chief:
-            shutil.rmtree(output_dir, ignore_errors=True)
-    if not runtime.is_chief:
-        notes.append(f"worker {runtime.worker_index}: the chief (worker 0) wrote the run")
-    elif not _tensorboard_available():
-        notes.append("no TensorBoard logs: Keras writes them with TensorFlow, which is not installed")
-    return TrainingResult(
-        run_dir=output_dir if runtime.is_chief else None,
-        metrics=metrics,
-        resumed_from_epoch=completed,
-        notes=tuple(notes),
+    callbacks = _callbacks(job, output_dir, past, stopwatch, lambda epoch, logs: write_metrics())
+    if reporter is not None:
+        callbacks.insert(0, reporter_callback(reporter, job.config.train.epochs, len(job.train_batches)))
+    job.trainer.fit(
+        job.train_batches,
+        validation_data=job.val_batches,
+        epochs=job.config.train.epochs,
+        callbacks=callbacks,
+        # ArrayBatches shuffles from (seed, epoch); Keras' own batch shuffle draws from the
+        # process-global `random` state, which a resumed process does not share.
+        shuffle=False,
+        verbose=0,
     )
-
-
-def _plan(config: Config, runtime: Runtime, splits: Splits, completed: int, steps: int) -> dict[str, Any]:
-    return {
-        "name": config.name,
-        "resumed_from_epoch": completed,
-        "epochs": config.train.epochs,
-        "steps_per_epoch": steps,
-        **splits.sizes(),
-        **runtime.summary(),
-        "worker": runtime.worker_index,
-    }
+    return write_metrics(finished=True)
 
 
 def read_run_config(run_dir: str | Path) -> Config:
@@ -335,22 +358,19 @@ def _csv_number(value: float) -> str:
 
 
 def _callbacks(
-    config: Config,
-    trainer: AugmentedTrainer,
-    train_batches: ArrayBatches,
-    schedule,
+    job: TrainingJob,
     output_dir: Path,
     past: History,
     stopwatch: Stopwatch,
-    record_epoch,
+    record_epoch: Callable[[int, dict[str, Any]], None],
 ) -> list[keras.callbacks.Callback]:
     """Order matters: epoch-end logs are completed before they are written, and the backup is last."""
-    train = config.train
+    train = job.config.train
     callbacks: list[keras.callbacks.Callback] = [
-        EpochSeeding(train_batches, train.seed),
+        EpochSeeding(job.train_batches, train.seed),
         DivergenceGuard(),
         stopwatch,
-        LearningRateLog(schedule),
+        LearningRateLog(job.schedule),
     ]
     if train.schedule.name == "reduce_on_plateau":
         callbacks.append(
@@ -366,7 +386,9 @@ def _callbacks(
         )
     callbacks += [
         HistoryCSV(str(output_dir / HISTORY_FILE), append=True),
-        NetworkCheckpoints(trainer.network, output_dir / BEST_MODEL, output_dir / LAST_MODEL, past, MONITOR),
+        NetworkCheckpoints(
+            job.trainer.network, output_dir / BEST_MODEL, output_dir / LAST_MODEL, past, MONITOR
+        ),
     ]
     if train.early_stopping_patience:
         callbacks.append(
@@ -399,13 +421,7 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_metrics(
-    output_dir: Path,
-    config: Config,
-    runtime: Runtime,
-    splits: Splits,
-    stopwatch: Stopwatch,
-    wall_time_s: float,
-    finished: bool = False,
+    output_dir: Path, job: TrainingJob, stopwatch: Stopwatch, wall_time_s: float, finished: bool
 ) -> dict[str, Any]:
     history = read_history(output_dir / HISTORY_FILE)
     scores = [row.get(MONITOR, math.nan) for row in history]
@@ -416,12 +432,12 @@ def _write_metrics(
         "best_val_accuracy": None if best is None else history[best][MONITOR],
         "best_val_loss": None if best is None else history[best]["val_loss"],
         "epochs_run": len(history),
-        "epochs_planned": config.train.epochs,
-        "stopped_early": finished and len(history) < config.train.epochs,
+        "epochs_planned": job.config.train.epochs,
+        "stopped_early": finished and len(history) < job.config.train.epochs,
         "wall_time_s": round(wall_time_s, 3),
         "train_images_per_s": stopwatch.train_images_per_s(),
-        **splits.sizes(),
-        **runtime.summary(),
+        **job.splits.sizes(),
+        **job.runtime.summary(),
         "versions": versions(),
     }
     write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
