@@ -523,7 +523,8 @@ def test_other_keras_backends_train_with_the_same_command(tmp_path, prepared_sam
         faces[..., None], verbose=0
     )
     accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
-    assert accuracy == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+    # Another backend's kernels round differently: a near-tie may flip for one face, no more.
+    assert accuracy == pytest.approx(metrics["best_val_accuracy"], abs=1.01 / len(labels))
 
 
 @pytest.mark.slow
