@@ -24,7 +24,11 @@ HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench:begin (written by benchmarks/write_results.py) -->", "<!-- bench:end -->"
 # (config, batch size, steps per window, windows, predict images): on 2 CPU cores xception trains
 # ~35 images/s and predicts ~150, so its windows are kept to a few seconds.
-RUNS = [("configs/mini_xception.yaml", 128, 20, 3, 4096), ("configs/xception.yaml", 32, 4, 3, 512)]
+RUNS = [
+    ("configs/mini_xception.yaml", 128, 20, 3, 4096),
+    ("configs/mini_xception.yaml", 64, 30, 3, 4096),
+    ("configs/xception.yaml", 32, 4, 3, 512),
+]
 BIN = Path(sys.executable).parent
 TORCH_COMMAND = [str(BIN / "python"), "benchmarks/torch_reference.py", "--batch-size", "128", "--steps", "30",
                  "--repeats", "3"]  # fmt: skip
