@@ -1,3 +1,3 @@
-from fertrain.cli import main
+from fertrain.entrypoint import main
 
 main()

@@ -6,11 +6,7 @@ exit code, never a traceback.
 
 from __future__ import annotations
 
-import os
 import sys
-
-# TensorFlow's C++ start-up chatter would bury the one-line messages users read; a user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import Annotated, Literal
 
 import typer
