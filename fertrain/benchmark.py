@@ -34,7 +34,7 @@ from fertrain.inference import load_classifier, predict_probabilities
 from fertrain.models.summary import summarize
 from fertrain.runtime import resolve_runtime, seed_everything, versions
 from fertrain.schedules import build_schedule
-from fertrain.training import _compile_trainer
+from fertrain.training import compile_trainer
 
 # Images in FER2013's Training split: one epoch of the real data set.
 FER2013_TRAIN_IMAGES = 28_709
@@ -169,7 +169,7 @@ def fertrain_way(config: Config, runtime, steps: int, seed: int, model_path: Pat
         image_dtype="uint8" if runtime.strategy is None else "float16",
     )
     schedule = build_schedule(config.train.schedule, config.train.optimizer.learning_rate, 1, len(batches))
-    trainer = _compile_trainer(config, runtime, schedule, batches[0])
+    trainer = compile_trainer(config, runtime, schedule, batches[0])
     stopwatch = Stopwatch(len(images))
 
     def fit_epoch() -> None:

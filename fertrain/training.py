@@ -184,7 +184,7 @@ def _prepare_job(config: Config) -> TrainingJob:
     schedule = build_schedule(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
-    trainer = _compile_trainer(config, runtime, schedule, train_batches[0])
+    trainer = compile_trainer(config, runtime, schedule, train_batches[0])
     notes = ()
     if runtime.jit_compile and not trainer.jit_compile:
         notes = (f"XLA off: {_xla_blocker(runtime, trainer)}",)
@@ -263,7 +263,7 @@ def _load_splits(config: Config) -> Splits:
     return Splits(train_images, train_labels, val_images, val_labels)
 
 
-def _compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) -> AugmentedTrainer:
+def compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) -> AugmentedTrainer:
     from fertrain.models import build_model
 
     size = config.model.input_size
