@@ -45,6 +45,11 @@ def root(
     """Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013."""
 
 
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="YAML config file.")]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config field (repeatable)."),
+]
 RunDataOption = Annotated[
     str | None, typer.Option("--data", help="Prepared data directory (default: the run's data.dir).")
 ]
@@ -116,11 +121,8 @@ def evaluate(
 
 @app.command()
 def summary(
-    config: Annotated[str, typer.Option("--config", "-c", help="YAML config file.")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config field (repeatable)."),
-    ] = None,
+    config: ConfigOption,
+    overrides: OverridesOption = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
@@ -274,10 +276,7 @@ def train(
     data: Annotated[
         str | None, typer.Option(help="Prepared data directory (default: the config's data.dir).")
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config field (repeatable)."),
-    ] = None,
+    overrides: OverridesOption = None,
     run_dir: Annotated[
         str | None, typer.Option(help="Run directory to create (default: runs/<config name>-<UTC time>/).")
     ] = None,
@@ -432,11 +431,8 @@ def export(
 
 @app.command()
 def benchmark(
-    config: Annotated[str, typer.Option("--config", "-c", help="YAML config file.")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override a config field (repeatable)."),
-    ] = None,
+    config: ConfigOption,
+    overrides: OverridesOption = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Training batch size (default: the config's).")
     ] = None,
