@@ -14,6 +14,8 @@ from cli_main import run_cli
 from PIL import Image
 from run_dirs import tiny_run
 
+import fertrain.models  # noqa: F401  (registers fertrain's layers for loading the bundled model)
+import fertrain.predict
 from fertrain.config import EMOTIONS
 from fertrain.data.dataset import load_split
 from fertrain.predict import detect_faces, face_detector, predict_images
@@ -129,9 +131,18 @@ def test_faces_are_found_in_a_photo_classified_and_annotated(
     assert np.array_equal(annotated[-5:, -5:], photo[-5:, -5:])  # untouched far from faces
 
 
-def test_model_defaults_to_the_newest_run(run_dir, test_faces, tmp_path, capsys, monkeypatch):
+def test_model_defaults_to_the_newest_run_then_the_bundled_model(
+    run_dir, test_faces, tmp_path, capsys, monkeypatch
+):
     Image.fromarray(test_faces[0]).save(tmp_path / "face.png")
     monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["predict", "face.png", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    bundled = keras.saving.load_model(fertrain.predict.BUNDLED_MODEL, safe_mode=True)
+    expected = _expected_top3(bundled.predict_on_batch(test_faces[:1, :, :, None])[0])
+    assert [(t["emotion"], t["probability"]) for t in json.loads(out)[0]["faces"][0]["top"]] == expected
+
+    monkeypatch.setattr(fertrain.predict, "BUNDLED_MODEL", tmp_path / "no-such-model.keras")
     code, _, err = run_cli(["predict", "face.png"], capsys, monkeypatch)
     assert code == 2
     assert "no model given, no run directory in runs/ and no model bundled" in err
