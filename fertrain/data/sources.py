@@ -126,7 +126,6 @@ class _TarArchive:
             self.tar = tarfile.open(fileobj=io.BytesIO(data))
         except tarfile.TarError as exc:
             raise DataError(f"{name}: not a valid tar archive ({exc})") from None
-        self.name = name
 
     def members(self) -> list[str]:
         return [member.name for member in self.tar.getmembers() if member.isfile()]
@@ -145,7 +144,6 @@ class _ZipArchive:
             self.zip = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile as exc:
             raise DataError(f"{name}: not a valid zip archive ({exc})") from None
-        self.name = name
 
     def members(self) -> list[str]:
         return [info.filename for info in self.zip.infolist() if not info.is_dir()]
