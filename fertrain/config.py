@@ -229,7 +229,7 @@ class TrainConfig(Section):
 
     @field_validator("class_weights")
     @classmethod
-    def _seven_weights(cls, value: Any) -> Any:
+    def _nonnegative_class_weights(cls, value: Any) -> Any:
         if isinstance(value, list) and any(w < 0 for w in value):
             raise ValueError(f"class weights must be >= 0, got {value}")
         return value
