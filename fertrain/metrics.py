@@ -13,6 +13,16 @@ import numpy as np
 
 from fertrain.config import EMOTIONS
 
+# The headline numbers of `classification_metrics` and how the terminal and the report label them.
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy"),
+    ("top2_accuracy", "top-2 accuracy"),
+    ("loss", "loss"),
+    ("macro_f1", "macro F1"),
+    ("weighted_f1", "weighted F1"),
+)
+PER_CLASS_COLUMNS = ("class", "precision", "recall", "F1", "support")
+
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)

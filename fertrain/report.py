@@ -22,6 +22,7 @@ from fertrain.errors import ModelError
 from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE
+from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
 from fertrain.plots import mistakes_grid_png, training_curves_png
 
 HISTORY_FILE = "history.csv"
@@ -105,14 +106,8 @@ def _summary_rows(run_metrics: dict[str, Any], summary: dict[str, Any]) -> list[
         for key in ("best_epoch", "best_val_accuracy", "best_val_loss", "epochs_run")
         if key in run_metrics
     ]
-    rows += [
-        (f"{split} images", str(summary["num_images"])),
-        (f"{split} accuracy", _format(summary["accuracy"])),
-        (f"{split} top-2 accuracy", _format(summary["top2_accuracy"])),
-        (f"{split} loss", _format(summary["loss"])),
-        (f"{split} macro F1", _format(summary["macro_f1"])),
-        (f"{split} weighted F1", _format(summary["weighted_f1"])),
-    ]
+    rows.append((f"{split} images", str(summary["num_images"])))
+    rows += [(f"{split} {label}", _format(summary[key])) for key, label in SUMMARY_METRICS]
     return rows
 
 
@@ -184,9 +179,6 @@ class _Content:
     environment: list[tuple[str, str]]
 
 
-PER_CLASS_HEADER = ("class", "precision", "recall", "F1", "support")
-
-
 def _render_html(content: _Content) -> str:
     def figure(item: Figure) -> str:
         data = base64.b64encode(item.png).decode("ascii")
@@ -205,7 +197,7 @@ def _render_html(content: _Content) -> str:
             figure(curves),
             figure(confusion),
             "<h2>Per class</h2>",
-            _html_table(PER_CLASS_HEADER, content.per_class),
+            _html_table(PER_CLASS_COLUMNS, content.per_class),
             figure(mistakes),
             "<h2>Resolved config</h2>",
             f"<pre>{html.escape(content.config)}</pre>",
@@ -231,7 +223,7 @@ def _render_markdown(content: _Content) -> str:
                 figure(curves),
                 figure(confusion),
                 "## Per class",
-                _md_table(PER_CLASS_HEADER, content.per_class),
+                _md_table(PER_CLASS_COLUMNS, content.per_class),
                 figure(mistakes),
                 "## Resolved config",
                 f"```yaml\n{content.config.rstrip()}\n```",

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
+
 
 def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"{summary['split']} split: {summary['num_images']} images", show_header=False)
@@ -13,17 +15,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     table.add_row("models", "\n".join(summary["models"]))
     table.add_row("TTA / normalize", f"{summary['tta']} / {summary['normalize']}")
-    for key, label in [("accuracy", "accuracy"), ("top2_accuracy", "top-2 accuracy")]:
+    for key, label in SUMMARY_METRICS:
         table.add_row(label, f"{summary[key]:.4f}")
-    table.add_row("loss", f"{summary['loss']:.4f}")
-    table.add_row("macro F1", f"{summary['macro_f1']:.4f}")
-    table.add_row("weighted F1", f"{summary['weighted_f1']:.4f}")
     return table
 
 
 def per_class_table(summary: dict[str, Any]) -> Table:
     table = Table(title="per class")
-    for column in ("class", "precision", "recall", "F1", "support"):
+    for column in PER_CLASS_COLUMNS:
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in summary["per_class"]:
         table.add_row(
