@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from cli_main import run_cli
 
-from fertrain.cli import main
 from fertrain.config import ModelConfig, load_config
 from fertrain.models import build_model
 from fertrain.models import summary as summary_module
@@ -34,17 +34,6 @@ def model_config(name: str, *overrides: str) -> ModelConfig:
 
 def random_faces(count: int, seed: int = 0, size: int = 48) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 1), dtype=np.uint8)
-
-
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["fertrain", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_mini_xception_has_58423_parameters() -> None:
@@ -222,7 +211,7 @@ def test_nested_models_count_their_inner_layers() -> None:
 
 def test_summary_cli_json(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     code, out, _ = run_cli(
-        ["summary", "--config", str(CONFIGS / "mini_xception.yaml"), "--json"], monkeypatch, capsys
+        ["summary", "--config", str(CONFIGS / "mini_xception.yaml"), "--json"], capsys, monkeypatch
     )
     assert code == 0
     report = json.loads(out)
@@ -241,7 +230,7 @@ def test_summary_cli_json(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
 def test_summary_cli_table_with_set_override(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     config = str(CONFIGS / "mini_xception.yaml")
     code, out, _ = run_cli(
-        ["summary", "--config", config, "--set", "model.num_classes=3"], monkeypatch, capsys
+        ["summary", "--config", config, "--set", "model.num_classes=3"], capsys, monkeypatch
     )
     assert code == 0
     # The 3x3 head conv shrinks from 7 to 3 filters: 4 x (9 x 128 + 1) fewer parameters.
@@ -255,7 +244,7 @@ def test_plot_without_graphviz_says_how_to_install_it(
     monkeypatch.setattr(summary_module.shutil, "which", lambda _name: None)
     target = tmp_path / "graph.png"
     code, _, err = run_cli(
-        ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(target)], monkeypatch, capsys
+        ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(target)], capsys, monkeypatch
     )
     assert code == 2
     assert err.strip().splitlines() == [
@@ -278,8 +267,8 @@ def test_plot_refuses_bad_file_names(
 ) -> None:
     code, _, err = run_cli(
         ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(tmp_path / name)],
-        monkeypatch,
         capsys,
+        monkeypatch,
     )
     assert code == 2
     assert len(err.strip().splitlines()) == 1
@@ -291,7 +280,7 @@ def test_plot_refuses_bad_file_names(
 def test_plot_draws_a_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     target = tmp_path / "graph.png"
     code, out, _ = run_cli(
-        ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(target)], monkeypatch, capsys
+        ["summary", "--config", str(CONFIGS / "quickstart.yaml"), "--plot", str(target)], capsys, monkeypatch
     )
     assert code == 0
     assert target.read_bytes().startswith(b"\x89PNG")
