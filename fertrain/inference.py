@@ -20,6 +20,7 @@ from fertrain.errors import DataError, ModelError
 
 RUN_MODEL_FILE = "model.keras"
 RUN_CONFIG_FILE = "config.yaml"
+SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Normalization = Literal["raw", "unit", "symmetric"]
 TtaMode = Literal["none", "flip", "crops"]
@@ -46,11 +47,11 @@ def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         if (path / RUN_MODEL_FILE).is_file():
             return path / RUN_MODEL_FILE, path
-        if (path / "saved_model.pb").is_file():
+        if (path / SAVED_MODEL_FILE).is_file():
             return path, None
         raise ModelError(
             f"{path}: not a run directory (no {RUN_MODEL_FILE}) "
-            "nor a SavedModel directory (no saved_model.pb)"
+            f"nor a SavedModel directory (no {SAVED_MODEL_FILE})"
         )
     if not path.exists():
         raise ModelError(f"{path}: no such model file or run directory")
@@ -145,8 +146,7 @@ def load_classifier(target: str | Path) -> LoadedModel:
 
 
 def scale_pixels(pixels: np.ndarray, normalize: str) -> np.ndarray:
-    """0-255 pixels to the scaling a model expects: raw 0-255, unit x/255, symmetric x/127.5-1."""
-    pixels = pixels.astype(np.float32)
+    """float32 0-255 pixels to the scaling a model expects: raw 0-255, unit x/255, symmetric x/127.5-1."""
     if normalize == "raw":
         return pixels
     if normalize == "unit":

@@ -20,6 +20,7 @@ from fertrain.inference import (
     FACE_SIZE,
     KERAS_SUFFIXES,
     RUN_MODEL_FILE,
+    SAVED_MODEL_FILE,
     LoadedModel,
     load_classifier,
     predict_probabilities,
@@ -60,7 +61,7 @@ class ImagePrediction:
 def is_model_target(path: Path) -> bool:
     """True for what `load_classifier` accepts: a run dir, SavedModel dir or Keras model file."""
     if path.is_dir():
-        return (path / RUN_MODEL_FILE).is_file() or (path / "saved_model.pb").is_file()
+        return (path / RUN_MODEL_FILE).is_file() or (path / SAVED_MODEL_FILE).is_file()
     return path.suffix.lower() in KERAS_SUFFIXES
 
 
