@@ -18,8 +18,11 @@ import numpy as np
 from fertrain.config import EMOTIONS, load_config
 from fertrain.errors import DataError, ModelError
 
-RUN_MODEL_FILE = "model.keras"
+# Files of a run directory: `fertrain train` writes them, evaluate, report, export and predict read them.
+RUN_MODEL_FILE = "model.keras"  # the best epoch's network
 RUN_CONFIG_FILE = "config.yaml"
+RUN_HISTORY_FILE = "history.csv"
+RUN_METRICS_FILE = "metrics.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Normalization = Literal["raw", "unit", "symmetric"]

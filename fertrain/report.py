@@ -21,12 +21,10 @@ import pandas as pd
 from fertrain.errors import ModelError
 from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
-from fertrain.inference import RUN_CONFIG_FILE
+from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE
 from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
 from fertrain.plots import mistakes_grid_png, training_curves_png
 
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
 CURVES_FILE = "report-curves.png"
 MISTAKES_FILE = "report-mistakes.png"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -47,7 +45,7 @@ class Figure:
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / HISTORY_FILE
+    path = run_dir / RUN_HISTORY_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing; {run_dir} is not a finished `fertrain train` run")
     try:
@@ -61,7 +59,7 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
 
 def read_run_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / METRICS_FILE
+    path = run_dir / RUN_METRICS_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing; {run_dir} is not a finished `fertrain train` run")
     try:

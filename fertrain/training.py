@@ -44,14 +44,11 @@ from fertrain.config import Config, dump_config, load_config
 from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, DataError, ModelError
 from fertrain.fileio import write_atomic
+from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE
 from fertrain.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
 from fertrain.schedules import build_optimizer, build_schedule
 
-CONFIG_FILE = "config.yaml"
-BEST_MODEL = "model.keras"
 LAST_MODEL = "last.keras"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tensorboard"
 MONITOR = "val_accuracy"
@@ -96,7 +93,7 @@ def train(
     try:
         completed = _completed_epochs(output_dir) if resume is not None else 0
         if resume is None:
-            write_atomic(output_dir / CONFIG_FILE, dump_config(config))
+            write_atomic(output_dir / RUN_CONFIG_FILE, dump_config(config))
         if reporter is not None:
             reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
         metrics = _fit(job, output_dir, completed, reporter, session_start)
@@ -200,7 +197,7 @@ def _fit(
     session_start: float,
 ) -> dict[str, Any]:
     """Runs `fit` from epoch `completed`; returns the final metrics.json contents."""
-    past = _truncate_history(output_dir / HISTORY_FILE, completed)
+    past = _truncate_history(output_dir / RUN_HISTORY_FILE, completed)
     previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
     stopwatch = Stopwatch(job.train_batches.images_per_epoch)
 
@@ -227,11 +224,11 @@ def _fit(
 def read_run_config(run_dir: str | Path) -> Config:
     """The saved config of a run directory that can still be resumed."""
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
+    config_path = run_dir / RUN_CONFIG_FILE
     if not run_dir.is_dir():
         raise ModelError(f"{run_dir}: run directory not found")
     if not config_path.is_file():
-        raise ModelError(f"{run_dir}: not a fertrain run directory (no {CONFIG_FILE})")
+        raise ModelError(f"{run_dir}: not a fertrain run directory (no {RUN_CONFIG_FILE})")
     if _read_metrics(run_dir).get("status") == "finished":
         raise ModelError(f"{run_dir}: this run already finished; start a new run instead of resuming it")
     return load_config(config_path)
@@ -385,9 +382,9 @@ def _callbacks(
             )
         )
     callbacks += [
-        HistoryCSV(str(output_dir / HISTORY_FILE), append=True),
+        HistoryCSV(str(output_dir / RUN_HISTORY_FILE), append=True),
         NetworkCheckpoints(
-            job.trainer.network, output_dir / BEST_MODEL, output_dir / LAST_MODEL, past, MONITOR
+            job.trainer.network, output_dir / RUN_MODEL_FILE, output_dir / LAST_MODEL, past, MONITOR
         ),
     ]
     if train.early_stopping_patience:
@@ -411,7 +408,7 @@ def _tensorboard_available() -> bool:
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / RUN_METRICS_FILE
     if not path.is_file():
         return {}
     try:
@@ -423,7 +420,7 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
 def _write_metrics(
     output_dir: Path, job: TrainingJob, stopwatch: Stopwatch, wall_time_s: float, finished: bool
 ) -> dict[str, Any]:
-    history = read_history(output_dir / HISTORY_FILE)
+    history = read_history(output_dir / RUN_HISTORY_FILE)
     scores = [row.get(MONITOR, math.nan) for row in history]
     best = int(np.nanargmax(scores)) if history and not all(map(math.isnan, scores)) else None
     metrics = {
@@ -440,5 +437,5 @@ def _write_metrics(
         **job.runtime.summary(),
         "versions": versions(),
     }
-    write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(output_dir / RUN_METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return metrics
