@@ -165,8 +165,7 @@ def fertrain_way(config: Config, runtime, steps: int, seed: int, model_path: Pat
         batch_size,
         shuffle_seed=seed,
         class_weights=class_weights(config.train, labels, config.model.num_classes),
-        # tf.distribute averages a first batch across replicas, which integer tensors fail.
-        image_dtype="uint8" if runtime.strategy is None else "float16",
+        image_dtype=runtime.batch_image_dtype,
     )
     schedule = build_schedule(config.train.schedule, config.train.optimizer.learning_rate, 1, len(batches))
     trainer = compile_trainer(config, runtime, schedule, batches[0])

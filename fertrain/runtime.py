@@ -104,6 +104,15 @@ class Runtime:
         return POLICIES[self.mixed_precision]
 
     @property
+    def batch_image_dtype(self) -> str:
+        """dtype of the image batches fed to training.
+
+        Under tf.distribute, Keras averages a first batch across replicas to build the model, which
+        fails for integer tensors; float16 carries 0-255 exactly at twice uint8's size.
+        """
+        return "uint8" if self.strategy is None else "float16"
+
+    @property
     def is_chief(self) -> bool:
         return self.worker_index == 0
 

@@ -161,9 +161,7 @@ def _prepare_job(config: Config) -> TrainingJob:
     runtime = resolve_runtime(config.train)
     seed_everything(config.train.seed, config.train.deterministic)
     splits = _load_splits(config)
-    # Under tf.distribute, Keras averages a first batch across replicas to build the model, which
-    # fails for integer tensors; float16 carries 0-255 exactly at twice uint8's size.
-    image_dtype = "uint8" if runtime.strategy is None else "float16"
+    image_dtype = runtime.batch_image_dtype
     classes, batch_size = config.model.num_classes, config.data.batch_size
     train_batches = ArrayBatches(
         splits.train_images,
