@@ -94,7 +94,9 @@ def _write_outputs(summary: dict[str, Any], run_dir: Path | None, out: str | Pat
         split = summary["split"]
         written.append(write_atomic(evaluation_file(run_dir, split), text))
         title = f"{run_dir.name}: {split} (accuracy {summary['accuracy']:.2%})"
-        image = confusion_png(summary["confusion_matrix"], summary["class_names"], title)
+        image = confusion_png(
+            summary["confusion_matrix"], summary["confusion_matrix_normalized"], summary["class_names"], title
+        )
         written.append(write_atomic(confusion_file(run_dir, split), image))
     if out is not None:
         written.append(write_atomic(out, text))

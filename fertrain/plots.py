@@ -22,11 +22,15 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def confusion_png(counts: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:
-    """Heatmap coloured by the row-normalised share, each cell labelled with its count and share."""
-    counts = np.asarray(counts)
-    support = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support != 0)
+def confusion_png(
+    counts: Sequence[Sequence[int]],
+    shares: Sequence[Sequence[float]],
+    class_names: Sequence[str],
+    title: str,
+) -> bytes:
+    """Heatmap coloured by `shares` (each count's share of its true class), each cell labelled with
+    its count and share."""
+    counts, shares = np.asarray(counts), np.asarray(shares)
     figure, axes = plt.subplots(figsize=(7, 6))
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
