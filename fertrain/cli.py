@@ -172,6 +172,9 @@ PREPARE_SOURCES = (
     "y_train.npy, X_test.npy, y_test.npy. See data/README.md."
 )
 
+# Bad rows listed on stderr by `prepare --skip-bad-rows`; manifest.json lists them all.
+SKIPPED_ROWS_SHOWN = 20
+
 
 @app.command(epilog=PREPARE_SOURCES)
 def prepare(
@@ -234,10 +237,11 @@ def prepare(
     skipped = manifest["skipped_rows"]
     if skipped["count"]:
         err_console.print(f"skipped {skipped['count']} bad rows:", highlight=False)
-        for row in skipped["rows"][:20]:
+        for row in skipped["rows"][:SKIPPED_ROWS_SHOWN]:
             err_console.print(f"  {row}", highlight=False, soft_wrap=True)
-        if skipped["count"] > 20:
-            err_console.print(f"  ... and {skipped['count'] - 20} more (all listed in {out}/manifest.json)")
+        if skipped["count"] > SKIPPED_ROWS_SHOWN:
+            more = skipped["count"] - SKIPPED_ROWS_SHOWN
+            err_console.print(f"  ... and {more} more (all listed in {out}/manifest.json)")
     if json_output:
         typer.echo(json.dumps(manifest, indent=2))
         return
