@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory, prepared_sample):
 
 @pytest.fixture(scope="module")
 def check_batch(prepared_sample):
-    """The float32 pixels the export check uses, and the Keras model's probabilities for them."""
+    """The float32 pixels the export check uses: the first CHECK_IMAGES test faces, raw 0-255."""
     return load_split(prepared_sample, "test")[0][:CHECK_IMAGES, ..., None].astype(np.float32)
 
 
