@@ -60,7 +60,7 @@ def classification_metrics(
     labels = np.asarray(labels).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     num_classes = len(class_names)
-    if probabilities.ndim != 2 or probabilities.shape != (len(labels), num_classes):
+    if probabilities.shape != (len(labels), num_classes):
         raise ValueError(
             f"expected probabilities of shape ({len(labels)}, {num_classes}), got {probabilities.shape}"
         )
