@@ -31,8 +31,15 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
+def _needs_keras(argv: list[str]) -> bool:
+    # `prepare`, `--help` and `--version` never touch Keras; importing it costs about 5 s of start-up.
+    words = [arg for arg in argv if not arg.startswith("-")]
+    return bool(words) and words[0] != "prepare" and "--help" not in argv
+
+
 def main() -> None:
-    _import_keras_quietly()
+    if _needs_keras(sys.argv[1:]):
+        _import_keras_quietly()
     from fertrain.cli import main as run_cli
 
     run_cli()
