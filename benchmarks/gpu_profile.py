@@ -34,6 +34,7 @@ import numpy as np
 from fertrain.benchmark import TRAIN_FLOPS_PER_MAC, benchmark, synthetic_faces
 from fertrain.config import AugmentConfig, Config, load_config
 from fertrain.models import build_model
+from fertrain.models.layers import SeparableConv2D, shifted_depthwise_conv
 from fertrain.models.summary import summarize
 from fertrain.runtime import dtype_policy, resolve_runtime
 from fertrain.schedules import build_schedule
@@ -92,18 +93,8 @@ def sweep(config: Config, args, log: Log, macs: int) -> None:
         )
 
 
-def components(config: Config, args, log: Log, macs: int) -> None:
-    """Network forward+backward, augmentation, and middle-flow depthwise convolutions, each alone."""
-    batch_size = args.profile_batch
-    config = with_batch(config, batch_size)
-    runtime = resolve_runtime(config.train)
-    images, labels = synthetic_faces(batch_size, config.model.input_size, config.model.num_classes, 0)
-    example = (images[..., None], np.eye(config.model.num_classes, dtype="float32")[labels])
-    schedule = build_schedule(config.train.schedule, 1e-3, 1, 1)
-    trainer = compile_trainer(config, runtime, schedule, example)
-    network, augmentation = trainer.network, trainer.augmentation
-    x = jnp.asarray(images[..., None], dtype=jnp.float32)
-    y = jnp.asarray(example[1])
+def network_step_seconds(network: keras.Model, x, y, repeats: int) -> float:
+    """Best seconds of one jitted forward+backward of `network` on batches already on the device."""
     trainable = [v.value for v in network.trainable_variables]
     non_trainable = [v.value for v in network.non_trainable_variables]
 
@@ -111,8 +102,42 @@ def components(config: Config, args, log: Log, macs: int) -> None:
         probabilities, non_trainable = network.stateless_call(trainable, non_trainable, x, training=True)
         return keras.losses.categorical_crossentropy(y, probabilities).mean(), non_trainable
 
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    seconds = time_jitted(step, trainable, non_trainable, x, y, repeats=args.component_repeats)
+    return time_jitted(
+        jax.jit(jax.value_and_grad(loss, has_aux=True)), trainable, non_trainable, x, y, repeats=repeats
+    )
+
+
+def device_batch(config: Config, batch_size: int):
+    images, labels = synthetic_faces(batch_size, config.model.input_size, config.model.num_classes, 0)
+    one_hot = np.eye(config.model.num_classes, dtype="float32")[labels]
+    return (images[..., None], one_hot), jnp.asarray(images[..., None], jnp.float32), jnp.asarray(one_hot)
+
+
+def depthwise_ways(channels: int) -> dict[str, Callable]:
+    def grouped(features, kernel):
+        # Keras' depthwise kernel layout (height, width, channels, 1) as XLA's HWIO with groups.
+        kernel = kernel.reshape(kernel.shape[0], kernel.shape[1], 1, channels)
+        return jax.lax.conv_general_dilated(
+            features,
+            kernel,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=channels,
+        )
+
+    return {"XLA grouped convolution": grouped, "shifted_depthwise_conv": shifted_depthwise_conv}
+
+
+def components(config: Config, args, log: Log, macs: int) -> None:
+    """Network forward+backward, augmentation, and depthwise convolutions, each alone."""
+    batch_size = args.profile_batch
+    config = with_batch(config, batch_size)
+    runtime = resolve_runtime(config.train)
+    example, x, y = device_batch(config, batch_size)
+    trainer = compile_trainer(config, runtime, build_schedule(config.train.schedule, 1e-3, 1, 1), example)
+    network, augmentation = trainer.network, trainer.augmentation
+    seconds = network_step_seconds(network, x, y, args.component_repeats)
     tflops = batch_size / seconds * TRAIN_FLOPS_PER_MAC * macs / 1e12
     log(
         "network forward+backward, data on GPU",
@@ -121,22 +146,11 @@ def components(config: Config, args, log: Log, macs: int) -> None:
         images_per_s=round(batch_size / seconds),
         tflops=round(tflops, 2),
         fraction_of_peak=round(tflops / args.peak_tflops, 4),
+        shifted_max_pixels=SeparableConv2D.shifted_max_pixels,
     )
     with dtype_policy("float32"):
         float32_network = keras.models.clone_model(network)
-    float32_trainable = [v.value for v in float32_network.trainable_variables]
-    float32_non_trainable = [v.value for v in float32_network.non_trainable_variables]
-
-    def float32_loss(trainable, non_trainable, x, y):
-        probabilities, non_trainable = float32_network.stateless_call(
-            trainable, non_trainable, x, training=True
-        )
-        return keras.losses.categorical_crossentropy(y, probabilities).mean(), non_trainable
-
-    float32_step = jax.jit(jax.value_and_grad(float32_loss, has_aux=True))
-    seconds = time_jitted(
-        float32_step, float32_trainable, float32_non_trainable, x, y, repeats=args.component_repeats
-    )
+    seconds = network_step_seconds(float32_network, x, y, args.component_repeats)
     log("same, float32 (no mixed precision)", batch=batch_size, ms=round(1000 * seconds, 2))
 
     if augmentation.layers:
@@ -153,33 +167,45 @@ def components(config: Config, args, log: Log, macs: int) -> None:
             layers=[layer.name for layer in augmentation.layers],
         )
 
-    for side, channels in ((3, config.model.middle_width), (24, 128)):
+
+def shifted(config: Config, args, log: Log, macs: int) -> None:
+    """XLA's grouped convolution against `shifted_depthwise_conv` for each depthwise shape of
+    Xception, then the whole network's step for several `shifted_max_pixels`."""
+    batch_size = args.profile_batch
+    for side, channels in ((24, 128), (12, 256), (6, 728), (3, 728), (2, 1024)):
         features = jnp.ones((batch_size, side, side, channels), jnp.bfloat16)
-        kernel = jnp.ones((3, 3, 1, channels), jnp.bfloat16)
+        kernel = jnp.ones((3, 3, channels, 1), jnp.bfloat16)
+        timings = {}
+        for name, depthwise in depthwise_ways(channels).items():
 
-        def depthwise(features, kernel, channels=channels):
-            return jax.lax.conv_general_dilated(
-                features,
-                kernel,
-                (1, 1),
-                "SAME",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=channels,
+            def train(features, kernel, depthwise=depthwise):
+                return jax.grad(lambda f, k: depthwise(f, k).astype(jnp.float32).sum(), argnums=(0, 1))(
+                    features, kernel
+                )
+
+            timings[name] = round(
+                1000 * time_jitted(jax.jit(train), features, kernel, repeats=args.component_repeats), 3
             )
-
-        def depthwise_train(features, kernel):
-            return jax.grad(lambda f, k: depthwise(f, k).astype(jnp.float32).sum(), argnums=(0, 1))(
-                features, kernel
-            )
-
-        forward = time_jitted(jax.jit(depthwise), features, kernel, repeats=args.component_repeats)
-        backward = time_jitted(jax.jit(depthwise_train), features, kernel, repeats=args.component_repeats)
+        log("depthwise 3x3 forward + both gradients, ms", shape=[batch_size, side, side, channels], **timings)
+    config = with_batch(config, batch_size)
+    _, x, y = device_batch(config, batch_size)
+    policy = resolve_runtime(config.train).dtype_policy
+    default = SeparableConv2D.shifted_max_pixels
+    for max_pixels in (0, 9, 36, 144, 576):
+        SeparableConv2D.shifted_max_pixels = max_pixels
+        with dtype_policy(policy):
+            network = build_model(config.model)
+        seconds = network_step_seconds(network, x, y, args.component_repeats)
+        tflops = batch_size / seconds * TRAIN_FLOPS_PER_MAC * macs / 1e12
         log(
-            "depthwise 3x3 conv alone (bfloat16)",
-            shape=[batch_size, side, side, channels],
-            forward_ms=round(1000 * forward, 3),
-            forward_and_both_gradients_ms=round(1000 * backward, 3),
+            "network forward+backward, data on GPU",
+            batch=batch_size,
+            shifted_max_pixels=max_pixels,
+            ms=round(1000 * seconds, 2),
+            images_per_s=round(batch_size / seconds),
+            fraction_of_peak=round(tflops / args.peak_tflops, 4),
         )
+    SeparableConv2D.shifted_max_pixels = default
 
 
 def trace(config: Config, args, log: Log, out: Path) -> None:
@@ -252,6 +278,7 @@ def main() -> None:
     )
     macs = summarize(build_model(config.model)).macs
     parts = {
+        "shifted": lambda: shifted(config, args, log, macs),
         "sweep": lambda: sweep(config, args, log, macs),
         "components": lambda: components(config, args, log, macs),
         "trace": lambda: trace(config, args, log, out),

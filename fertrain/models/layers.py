@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="fertrain")
@@ -57,3 +58,67 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 is_training=False,
             )
         return tf.cast(y, self.compute_dtype)
+
+
+def shifted_depthwise_conv(inputs, kernel):
+    """A stride-1, "same"-padded depthwise convolution (depth multiplier 1, channels last) written as
+    the sum of kernel-height x kernel-width shifted products, accumulated in float32.
+
+    Its gradients are elementwise products and sums that XLA fuses. On an H100, XLA's grouped
+    convolution spent 84 % of an Xception training step in cuDNN's direct kernel for the filter
+    gradient of the 3x3 feature maps in the middle and exit flows (benchmarks/results.md).
+    """
+    kernel_height, kernel_width = kernel.shape[0], kernel.shape[1]
+    height, width = inputs.shape[1], inputs.shape[2]
+    top, left = (kernel_height - 1) // 2, (kernel_width - 1) // 2
+    padded = ops.pad(
+        ops.cast(inputs, "float32"),
+        [[0, 0], [top, kernel_height - 1 - top], [left, kernel_width - 1 - left], [0, 0]],
+    )
+    taps = ops.cast(kernel[..., 0], "float32")
+    total = None
+    for row in range(kernel_height):
+        for col in range(kernel_width):
+            term = padded[:, row : row + height, col : col + width, :] * taps[row, col]
+            total = term if total is None else total + term
+    return ops.cast(total, inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="fertrain")
+class SeparableConv2D(keras.layers.SeparableConv2D):
+    """Keras SeparableConv2D whose depthwise step runs as `shifted_depthwise_conv` under JAX on small
+    feature maps (at most `shifted_max_pixels` pixels), where XLA's own depthwise gradient is slow.
+
+    Same variables, same config, same math (float32 rounding aside); every other case runs Keras'
+    own code.
+    """
+
+    shifted_max_pixels = 36
+
+    def _shifted(self, inputs) -> bool:
+        height, width = inputs.shape[1], inputs.shape[2]
+        return (
+            keras.backend.backend() == "jax"
+            and self.data_format == "channels_last"
+            and self.padding == "same"
+            and self.depth_multiplier == 1
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and height is not None
+            and width is not None
+            and height * width <= self.shifted_max_pixels
+        )
+
+    def call(self, inputs):
+        if not self._shifted(inputs):
+            return super().call(inputs)
+        outputs = ops.conv(
+            shifted_depthwise_conv(inputs, self.depthwise_kernel),
+            self.pointwise_kernel,
+            strides=1,
+            padding="valid",
+            data_format=self.data_format,
+        )
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)

@@ -1,8 +1,8 @@
 """The Xception family, built from a `ModelConfig`: the notebook's Xception, mini-Xception and
 everything in between differ only in config values.
 
-Keras 3 layers only (no Lambda; the one registered layer falls back to Keras' own code off
-TensorFlow), so the same code builds under TensorFlow, JAX and PyTorch and saves as a `.keras`
+Keras 3 layers only (no Lambda; the registered layers fall back to Keras' own code off
+their backend), so the same code builds under TensorFlow, JAX and PyTorch and saves as a `.keras`
 file that loads with `safe_mode=True` once `fertrain.models` is imported.
 """
 
@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from fertrain.config import ModelConfig
-from fertrain.models.layers import FusedBatchNormalization
+from fertrain.models.layers import FusedBatchNormalization, SeparableConv2D
 
 # Pixel range the network sees after its built-in rescaling of raw 0-255 input.
 _INPUT_SCALING = {"unit": (1.0 / 255.0, 0.0), "symmetric": (1.0 / 127.5, -1.0)}
@@ -48,7 +48,7 @@ def _separable_bn(x, width: int, cfg: ModelConfig, name: str, relu_first: bool):
     """(ReLU ->) SeparableConv 3x3 -> BN: the unit every Xception flow is made of."""
     if relu_first:
         x = layers.ReLU(name=f"{name}_relu")(x)
-    x = layers.SeparableConv2D(
+    x = SeparableConv2D(
         width,
         3,
         padding="same",
