@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -34,14 +35,25 @@ CROP_SHIFT = 3
 FACE_SIZE = 48
 
 
+# Batches a TensorFlow graph runs at once. One batch is a chain of small ops, each split over the
+# cores, and the cores idle at every op boundary; a second batch in flight fills those gaps:
+# mini-Xception inference at batch 256 on 2 cores went from ~5,300 to ~6,300-6,600 images/s (median),
+# same CPU time per image, identical outputs. A third batch measured no better.
+TF_BATCHES_IN_FLIGHT = 2
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, classes]."""
+    """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, classes].
+
+    `forward` may be called from `batches_in_flight` threads at once.
+    """
 
     path: Path
     run_dir: Path | None
     input_size: int
     forward: Callable[[np.ndarray], np.ndarray]
+    batches_in_flight: int = 1
 
 
 def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
@@ -114,7 +126,18 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
         )
     size = _square_grayscale_size(path, tuple(model.inputs[0].shape))
     _check_output(path, tuple(model.outputs[0].shape))
-    return LoadedModel(path, run_dir, size, lambda batch: np.asarray(model.predict_on_batch(batch)))
+    import keras
+
+    in_flight = 1
+    if keras.backend.backend() == "tensorflow":
+        # Concurrent calls of one tf.function are safe, but each first call of `predict_on_batch`
+        # would build its own; JAX's `predict_on_batch` writes the model's state back after every
+        # batch, so other backends run one batch at a time.
+        model.make_predict_function()
+        in_flight = TF_BATCHES_IN_FLIGHT
+    return LoadedModel(
+        path, run_dir, size, lambda batch: np.asarray(model.predict_on_batch(batch)), in_flight
+    )
 
 
 def _saved_model_classifier(path: Path) -> LoadedModel:
@@ -138,7 +161,7 @@ def _saved_model_classifier(path: Path) -> LoadedModel:
     def forward(batch: np.ndarray) -> np.ndarray:
         return signature(**{input_name: tf.constant(batch, input_spec.dtype)})[output_name].numpy()
 
-    return LoadedModel(path, None, size, forward)
+    return LoadedModel(path, None, size, forward, TF_BATCHES_IN_FLIGHT)
 
 
 def load_classifier(target: str | Path) -> LoadedModel:
@@ -189,10 +212,16 @@ def _model_probabilities(
 ) -> np.ndarray:
     if len(faces) == 0:
         return np.zeros((0, len(EMOTIONS)), dtype=np.float64)
-    batches = [
-        model.forward(model_inputs(faces[start : start + batch_size], model.input_size, normalize))
-        for start in range(0, len(faces), batch_size)
-    ]
+
+    def forward(start: int) -> np.ndarray:
+        return model.forward(model_inputs(faces[start : start + batch_size], model.input_size, normalize))
+
+    starts = range(0, len(faces), batch_size)
+    if model.batches_in_flight == 1:
+        batches = [forward(start) for start in starts]
+    else:
+        with ThreadPoolExecutor(model.batches_in_flight) as pool:
+            batches = list(pool.map(forward, starts))
     probabilities = np.concatenate(batches).astype(np.float64)
     row_sums = probabilities.sum(axis=1)
     if np.any(probabilities < 0) or not np.allclose(row_sums, 1.0, atol=1e-3):
