@@ -12,7 +12,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Keras 3 normalizes with about ten separate ops on TensorFlow; the fused op does 1.7x less work in a
     mini-Xception training step on CPU and lets Grappler fold BN into the preceding convolution for
-    inference (benchmarks/NOTES-perf.md). Same variables, same config, same math; every other backend
+    inference (benchmarks/results.md). Same variables, same config, same math; every other backend
     and every case the fused op does not cover use Keras' own code.
     """
 
