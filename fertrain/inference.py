@@ -36,9 +36,10 @@ FACE_SIZE = 48
 
 
 # Batches a TensorFlow graph runs at once. One batch is a chain of small ops, each split over the
-# cores, and the cores idle at every op boundary; a second batch in flight fills those gaps:
-# mini-Xception inference at batch 256 on 2 cores went from ~5,300 to ~6,300-6,600 images/s (median),
-# same CPU time per image, identical outputs. A third batch measured no better.
+# cores, and the cores idle at every op boundary; a second batch in flight fills those gaps. For
+# mini-Xception at batch 256 on 2 cores: 3-33 % more images/s (median 8 %, seven paired
+# `fertrain benchmark` runs), the same CPU time per image, identical outputs; a third batch gained
+# nothing more.
 TF_BATCHES_IN_FLIGHT = 2
 
 

@@ -15,16 +15,22 @@ from fertrain.models import build_model
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="concurrent batches are TensorFlow's")
-def test_batches_in_flight_give_the_one_at_a_time_probabilities(tmp_path) -> None:
+@pytest.mark.parametrize("saved_as", ["keras", "savedmodel"])
+def test_batches_in_flight_give_the_one_at_a_time_probabilities(tmp_path, saved_as) -> None:
     model = build_model(load_config("configs/mini_xception.yaml").model)
     rng = np.random.default_rng(0)
-    # Moving statistics away from 0 and 1, so that the BN folded into each convolution matters.
+    # Moving statistics away from 0 and 1, as after training (inference folds them into the convolutions).
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(0.0, 0.3, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
-    model.save(tmp_path / "model.keras")
-    classifier = load_classifier(tmp_path / "model.keras")
+    if saved_as == "keras":
+        target = tmp_path / "model.keras"
+        model.save(target)
+    else:
+        target = tmp_path / "savedmodel"
+        model.export(target, format="tf_saved_model", verbose=False)
+    classifier = load_classifier(target)
     assert classifier.batches_in_flight == TF_BATCHES_IN_FLIGHT > 1
     faces, _ = synthetic_faces(300, 48, 7, seed=1)  # four full batches of 64 and a partial one
 
