@@ -3,17 +3,20 @@
 One process, written to run inside a short GPU lease; every measurement is appended to
 `OUT/gpu_profile.jsonl` as soon as it exists, so a run cut off at its time limit keeps what it did:
 
-1. fertrain's own trainer (`fertrain.benchmark.benchmark`: augmentation, `auto` choices, i.e.
-   bfloat16 and XLA on a GPU) at each batch size, with the fraction of the device's peak reached;
-2. at `--profile-batch`: the network's forward+backward alone on batches already on the GPU (no
-   augmentation, no optimizer, no host copy), the augmentation alone, and the depthwise 3x3
-   convolutions of the middle flow alone, each jitted and timed with `block_until_ready`;
-3. a `jax.profiler` trace of a few steps of fertrain's trainer (`OUT/trace.xplane.pb`, read back with
-   `benchmarks/xplane_summary.py`);
-4. fertrain's trainer again without augmentation, and with `steps_per_execution`.
+- `sweep`: fertrain's own trainer (`fertrain.benchmark.benchmark`: augmentation, `auto` choices,
+  i.e. bfloat16 and XLA on a GPU) at each batch size, with the fraction of the device's peak reached;
+- `components`, at `--profile-batch`: the network's forward+backward alone on batches already on the
+  GPU (no augmentation, no optimizer, no host copy), the same in float32, and the augmentation alone,
+  each jitted and timed with `block_until_ready`;
+- `shifted`: XLA's grouped convolution against `shifted_depthwise_conv` for each depthwise shape of
+  Xception, and the network's step for several `SeparableConv2D.shifted_max_pixels`;
+- `trace`: a `jax.profiler` trace of a few steps of fertrain's trainer (`OUT/trace.xplane.pb`, read
+  back with `benchmarks/xplane_summary.py`);
+- `ablations`: fertrain's trainer again without augmentation, and with `steps_per_execution` 4.
 
     KERAS_BACKEND=jax python benchmarks/gpu_profile.py --config configs/xception.yaml \\
-        --batch-sizes 512,128,1024,256 --profile-batch 512 --peak-tflops 989 --out "$OUT"
+        --batch-sizes 512,128,1024,256 --profile-batch 512 --peak-tflops 989 --out "$OUT" \\
+        --parts sweep,components,shifted,trace,ablations
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--component-repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, required=True, help="The device's dense bf16 peak.")
-    parser.add_argument("--parts", default="sweep,components,trace,ablations")
+    parser.add_argument("--parts", default="sweep,components,shifted,trace,ablations")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
