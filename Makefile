@@ -30,8 +30,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check fertrain tests data/sample
-	$(BIN)/ruff format --check fertrain tests data/sample
+	$(BIN)/ruff check fertrain tests data/sample benchmarks
+	$(BIN)/ruff format --check fertrain tests data/sample benchmarks
 
 # Measures fertrain against the notebook way and a hand-written PyTorch loop (about 7 minutes on
 # 2 cores) and rewrites the measured block of benchmarks/results.md.
