@@ -116,20 +116,37 @@ def device_batch(config: Config, batch_size: int):
     return (images[..., None], one_hot), jnp.asarray(images[..., None], jnp.float32), jnp.asarray(one_hot)
 
 
-def depthwise_ways(channels: int) -> dict[str, Callable]:
-    def grouped(features, kernel):
+def grouped_depthwise_conv(features, kernel):
+    """The depthwise convolution as Keras-on-JAX runs it: XLA's grouped convolution."""
+    height, width, channels, _ = kernel.shape
+    return jax.lax.conv_general_dilated(
+        features,
         # Keras' depthwise kernel layout (height, width, channels, 1) as XLA's HWIO with groups.
-        kernel = kernel.reshape(kernel.shape[0], kernel.shape[1], 1, channels)
-        return jax.lax.conv_general_dilated(
-            features,
-            kernel,
-            (1, 1),
-            "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-        )
+        kernel.reshape(height, width, 1, channels),
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+    )
 
-    return {"XLA grouped convolution": grouped, "shifted_depthwise_conv": shifted_depthwise_conv}
+
+DEPTHWISE_WAYS = {
+    "XLA grouped convolution": grouped_depthwise_conv,
+    "shifted_depthwise_conv": shifted_depthwise_conv,
+}
+
+
+def log_network_step(log: Log, args, macs: int, batch_size: int, seconds: float, **fields) -> None:
+    tflops = batch_size / seconds * TRAIN_FLOPS_PER_MAC * macs / 1e12
+    log(
+        "network forward+backward, data on GPU",
+        batch=batch_size,
+        ms=round(1000 * seconds, 2),
+        images_per_s=round(batch_size / seconds),
+        tflops=round(tflops, 2),
+        fraction_of_peak=round(tflops / args.peak_tflops, 4),
+        **fields,
+    )
 
 
 def components(config: Config, args, log: Log, macs: int) -> None:
@@ -141,15 +158,8 @@ def components(config: Config, args, log: Log, macs: int) -> None:
     trainer = compile_trainer(config, runtime, build_schedule(config.train.schedule, 1e-3, 1, 1), example)
     network, augmentation = trainer.network, trainer.augmentation
     seconds = network_step_seconds(network, x, y, args.component_repeats)
-    tflops = batch_size / seconds * TRAIN_FLOPS_PER_MAC * macs / 1e12
-    log(
-        "network forward+backward, data on GPU",
-        batch=batch_size,
-        ms=round(1000 * seconds, 2),
-        images_per_s=round(batch_size / seconds),
-        tflops=round(tflops, 2),
-        fraction_of_peak=round(tflops / args.peak_tflops, 4),
-        shifted_max_pixels=SeparableConv2D.shifted_max_pixels,
+    log_network_step(
+        log, args, macs, batch_size, seconds, shifted_max_pixels=SeparableConv2D.shifted_max_pixels
     )
     with dtype_policy("float32"):
         float32_network = keras.models.clone_model(network)
@@ -179,7 +189,7 @@ def shifted(config: Config, args, log: Log, macs: int) -> None:
         features = jnp.ones((batch_size, side, side, channels), jnp.bfloat16)
         kernel = jnp.ones((3, 3, channels, 1), jnp.bfloat16)
         timings = {}
-        for name, depthwise in depthwise_ways(channels).items():
+        for name, depthwise in DEPTHWISE_WAYS.items():
 
             def train(features, kernel, depthwise=depthwise):
                 return jax.grad(lambda f, k: depthwise(f, k).astype(jnp.float32).sum(), argnums=(0, 1))(
@@ -194,21 +204,16 @@ def shifted(config: Config, args, log: Log, macs: int) -> None:
     _, x, y = device_batch(config, batch_size)
     policy = resolve_runtime(config.train).dtype_policy
     default = SeparableConv2D.shifted_max_pixels
-    for max_pixels in (0, 9, 36, 144, 576):
-        SeparableConv2D.shifted_max_pixels = max_pixels
-        with dtype_policy(policy):
-            network = build_model(config.model)
-        seconds = network_step_seconds(network, x, y, args.component_repeats)
-        tflops = batch_size / seconds * TRAIN_FLOPS_PER_MAC * macs / 1e12
-        log(
-            "network forward+backward, data on GPU",
-            batch=batch_size,
-            shifted_max_pixels=max_pixels,
-            ms=round(1000 * seconds, 2),
-            images_per_s=round(batch_size / seconds),
-            fraction_of_peak=round(tflops / args.peak_tflops, 4),
-        )
-    SeparableConv2D.shifted_max_pixels = default
+    try:
+        for max_pixels in (0, 9, 36, 144, 576):
+            SeparableConv2D.shifted_max_pixels = max_pixels
+            with dtype_policy(policy):
+                network = build_model(config.model)
+            seconds = network_step_seconds(network, x, y, args.component_repeats)
+            log_network_step(log, args, macs, batch_size, seconds, shifted_max_pixels=max_pixels)
+    finally:
+        # The parts after this one measure the layer as it ships.
+        SeparableConv2D.shifted_max_pixels = default
 
 
 def trace(config: Config, args, log: Log, out: Path) -> None:
@@ -225,14 +230,14 @@ def trace(config: Config, args, log: Log, out: Path) -> None:
     schedule = build_schedule(config.train.schedule, 1e-3, 1, len(batches))
     trainer = compile_trainer(config, runtime, schedule, batches[0])
     trainer.fit(batches, epochs=1, verbose=0)
-    scratch = Path(tempfile.mkdtemp(prefix="jax-trace-"))
-    start = time.perf_counter()
-    with jax.profiler.trace(str(scratch)):
-        trainer.fit(batches, epochs=1, verbose=0)
-    wall = time.perf_counter() - start
-    traces = sorted(scratch.rglob("*.xplane.pb"))
-    if traces:
-        shutil.copy(traces[0], out / "trace.xplane.pb")
+    with tempfile.TemporaryDirectory(prefix="jax-trace-") as scratch:
+        start = time.perf_counter()
+        with jax.profiler.trace(scratch):
+            trainer.fit(batches, epochs=1, verbose=0)
+        wall = time.perf_counter() - start
+        traces = sorted(Path(scratch).rglob("*.xplane.pb"))
+        if traces:
+            shutil.copy(traces[0], out / "trace.xplane.pb")
     log("trace", batch=args.profile_batch, steps=steps, wall_s=round(wall, 3), files=[p.name for p in traces])
 
 
