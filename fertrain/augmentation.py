@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from fertrain.config import AugmentConfig
@@ -118,6 +119,10 @@ def build_augmentation(config: AugmentConfig, image_size: int, seed: int) -> ker
                 reach, reach, fill_mode="constant", interpolation="nearest", seed=seed + 4, **common
             )
         )
+    if config.brightness:
+        layers.append(keras.layers.RandomBrightness(config.brightness, seed=seed + 6, **common))
+    if config.contrast:
+        layers.append(keras.layers.RandomContrast(config.contrast, seed=seed + 7, **common))
     if config.erasing_probability:
         layers.append(
             RandomErasing(config.erasing_probability, config.erasing_max_area, seed=seed + 5, **common)
@@ -181,3 +186,76 @@ class MultiWorkerTrainer(AugmentedTrainer):
 
 def _with_batch_axis(logs):
     return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+class BatchMixer:
+    """mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) on whole batches, in NumPy.
+
+    Each image is blended with a partner from the same batch through a per-pixel share map `m`
+    (mixup: one value, CutMix: 0 inside a box, 1 outside); its label becomes the same blend of the
+    two one-hot labels, weighted by the mean of `m`, so that the label states how much of each face
+    the pixels show. With both on, each mixed image uses one of the two, chosen with equal odds.
+    Mixing runs on the input batches (before the geometric transforms) so that it is seeded by
+    (seed, epoch, batch) like the batch order, and a resumed run mixes the same pairs.
+    """
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float, probability: float = 1.0):
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.probability = probability
+
+    @classmethod
+    def from_config(cls, config: AugmentConfig) -> BatchMixer | None:
+        if not (config.mixup_alpha or config.cutmix_alpha) or config.mix_probability == 0:
+            return None
+        return cls(config.mixup_alpha, config.cutmix_alpha, config.mix_probability)
+
+    def share_maps(self, rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+        """float32 [batch, height, width]: the share of each pixel that stays the image's own."""
+        shares = np.ones((batch, height, width), dtype=np.float32)
+        mixed = rng.random(batch) < self.probability
+        cutmix = np.full(batch, self.cutmix_alpha > 0)
+        if self.mixup_alpha and self.cutmix_alpha:
+            cutmix = rng.random(batch) < 0.5
+        if self.mixup_alpha:
+            chosen = mixed & ~cutmix
+            lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=batch).astype(np.float32)
+            shares[chosen] = lam[chosen, None, None]
+        if self.cutmix_alpha:
+            chosen = mixed & cutmix
+            lam = rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=batch)
+            shares[chosen] = _cutmix_maps(rng, lam[chosen], height, width)
+        return shares
+
+    def __call__(self, rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, weights=None):
+        """Mixed float32 images [B, H, W, 1], soft labels [B, K] and (when given) weights [B]."""
+        batch, height, width = images.shape[:3]
+        partner = rng.permutation(batch)
+        shares = self.share_maps(rng, batch, height, width)
+        own = shares.reshape(images.shape[:3] + (1,) * (images.ndim - 3))
+        pixels = images.astype(np.float32)
+        mixed_images = own * pixels + (1.0 - own) * pixels[partner]
+        lam = shares.mean(axis=(1, 2))
+        mixed_labels = lam[:, None] * labels + (1.0 - lam[:, None]) * labels[partner]
+        if weights is None:
+            return mixed_images, mixed_labels
+        return mixed_images, mixed_labels, lam * weights + (1.0 - lam) * weights[partner]
+
+
+def _cutmix_maps(rng: np.random.Generator, lam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One 0-inside/1-outside box map per lambda; each box covers about 1 - lambda of the image,
+    less where it is clipped at a border (the label follows the box actually cut)."""
+    count = len(lam)
+    side = np.sqrt(1.0 - lam)
+    box_h, box_w = np.round(side * height).astype(int), np.round(side * width).astype(int)
+    centre_y, centre_x = rng.integers(0, height, count), rng.integers(0, width, count)
+    top, bottom = np.clip(centre_y - box_h // 2, 0, height), np.clip(centre_y + (box_h + 1) // 2, 0, height)
+    left, right = np.clip(centre_x - box_w // 2, 0, width), np.clip(centre_x + (box_w + 1) // 2, 0, width)
+    rows, cols = np.arange(height)[None, :, None], np.arange(width)[None, None, :]
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < bottom[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < right[:, None, None])
+    )
+    return np.where(inside, 0.0, 1.0).astype(np.float32)

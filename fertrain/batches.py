@@ -12,6 +12,7 @@ import math
 import keras
 import numpy as np
 
+from fertrain.augmentation import BatchMixer
 from fertrain.config import TrainConfig
 from fertrain.errors import ConfigError
 
@@ -19,7 +20,8 @@ from fertrain.errors import ConfigError
 class ArrayBatches(keras.utils.PyDataset):
     """Yields (images [B, H, W, 1], one-hot float32 labels [B, K][, float32 weights [B]]).
 
-    Images stay uint8 unless `image_dtype` says otherwise (float16 holds 0-255 exactly).
+    Images stay uint8 unless `image_dtype` says otherwise (float16 holds 0-255 exactly); a `mixer`
+    (mixup/CutMix) makes them float32 blends and the labels soft.
     `drop_remainder` leaves out the last partial batch (different images each shuffled epoch): under
     XLA every new batch shape is another compilation, which costs more than the images are worth.
     """
@@ -34,6 +36,7 @@ class ArrayBatches(keras.utils.PyDataset):
         class_weights: np.ndarray | None = None,
         image_dtype: str = "uint8",
         drop_remainder: bool = False,
+        mixer: BatchMixer | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +48,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle_seed = shuffle_seed
         self.class_weights = None if class_weights is None else class_weights.astype("float32")
         self.one_hot = np.eye(num_classes, dtype="float32")
+        self.mixer = mixer
         self.epoch = 0
         self._order = self._order_for(0)
 
@@ -70,9 +74,11 @@ class ArrayBatches(keras.utils.PyDataset):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         labels = self.labels[rows]
         batch = (self.images[rows][..., None].astype(self.image_dtype, copy=False), self.one_hot[labels])
-        if self.class_weights is None:
+        if self.class_weights is not None:
+            batch = (*batch, self.class_weights[labels])
+        if self.mixer is None:
             return batch
-        return (*batch, self.class_weights[labels])
+        return self.mixer(np.random.default_rng([self.shuffle_seed or 0, self.epoch, index]), *batch)
 
 
 def class_weights(train: TrainConfig, labels: np.ndarray, num_classes: int) -> np.ndarray | None:

@@ -106,6 +106,40 @@ def float32_copy(model: keras.Model) -> keras.Model:
     return twin
 
 
+class AveragedWeightsForEvaluation(keras.callbacks.Callback):
+    """With `train.ema`, validation, and the checkpoints written at epoch end, use the optimizer's
+    exponential moving average of the weights; training resumes from its own weights.
+
+    Swaps the averages in when validation begins and the training weights back at epoch end, so it
+    must come after every callback that saves the network and before the backup (which keeps both
+    sets: the averages are optimizer variables).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._training_values: list[np.ndarray] | None = None
+
+    def _pairs(self):
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        return zip(optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True)
+
+    def on_test_begin(self, logs=None):
+        if self._training_values is not None:
+            return
+        self._training_values = []
+        for variable, average in self._pairs():
+            self._training_values.append(keras.ops.convert_to_numpy(variable.value))
+            # A copy, never the average's own buffer: JAX's training step donates (frees) both.
+            variable.assign(keras.ops.convert_to_numpy(average.value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._training_values is None:
+            return
+        for (variable, _), value in zip(self._pairs(), self._training_values, strict=True):
+            variable.assign(value)
+        self._training_values = None
+
+
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping whose patience counter continues across a resume (replayed from history)."""
 

@@ -53,6 +53,14 @@ OverridesOption = Annotated[
 RunDataOption = Annotated[
     str | None, typer.Option("--data", help="Prepared data directory (default: the run's data.dir).")
 ]
+TtaOption = Annotated[
+    TtaMode,
+    typer.Option(
+        help="Test-time augmentation, probabilities averaged: none; flip (face + mirror); crops (face + 4 "
+        "copies shifted diagonally: 3 px, or the margin of a model trained on random crops, which then "
+        "sees its 4 corner crops and its centre crop); ten_crop (crops + the mirror of each).",
+    ),
+]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
     "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data)."
@@ -71,13 +79,7 @@ def evaluate(
     ],
     data: RunDataOption = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    tta: Annotated[
-        TtaMode,
-        typer.Option(
-            help="Test-time augmentation: none; flip (face + mirror); "
-            "crops (face + 4 copies shifted 3 px diagonally).",
-        ),
-    ] = "none",
+    tta: TtaOption = "none",
     normalize: Annotated[
         Normalization,
         typer.Option(
@@ -336,6 +338,7 @@ def report(
     data: RunDataOption = None,
     split: Annotated[str, typer.Option(help="Split the model is evaluated on: train, val or test.")] = "test",
     mistakes: Annotated[int, typer.Option(min=0, help="Most confident mistakes shown.")] = 24,
+    tta: TtaOption = "none",
 ) -> None:
     """Write RUN_DIR/report.html (self-contained, images embedded) and RUN_DIR/report.md.
 
@@ -344,7 +347,7 @@ def report(
     """
     from fertrain.report import build_report
 
-    result = build_report(run_dir, data, split=split, mistakes=mistakes)
+    result = build_report(run_dir, data, split=split, mistakes=mistakes, tta=tta)
     summary = result.evaluation.summary
     console.print(f"{split} accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     console.print(f"wrote {result.html}")
@@ -373,6 +376,7 @@ def predict(
     normalize: Annotated[
         Normalization, typer.Option(help="Pixel scaling the model expects (see `evaluate --help`).")
     ] = "raw",
+    tta: TtaOption = "none",
 ) -> None:
     """Top-3 emotions with probabilities for each image, or for each face with --detect-faces.
 
@@ -384,7 +388,9 @@ def predict(
     from fertrain.tables import predictions_table
 
     model, images = split_model_and_images(arguments)
-    results = predict_images(model, images, detect=detect_faces, annotate_dir=annotate, normalize=normalize)
+    results = predict_images(
+        model, images, detect=detect_faces, annotate_dir=annotate, normalize=normalize, tta=tta
+    )
     if json_output:
         typer.echo(json.dumps([result.to_dict() for result in results]))
         return

@@ -56,6 +56,7 @@ _MINI_XCEPTION = {
     "shortcut_batchnorm": True,
     "dropout": 0.0,
     "l2": 0.01,
+    "l2_scope": "all",
 }
 _XCEPTION = {
     "input_scaling": "unit",
@@ -74,6 +75,7 @@ _XCEPTION = {
     "shortcut_batchnorm": False,
     "dropout": 0.0,
     "l2": 0.0,
+    "l2_scope": "all",
 }
 ARCHITECTURE_PRESETS = {"mini_xception": _MINI_XCEPTION, "xception": _XCEPTION}
 
@@ -88,6 +90,15 @@ class ModelConfig(Section):
 
     architecture: Literal["xception", "mini_xception"] = "mini_xception"
     input_size: int = Field(48, ge=8, le=1024)
+    crop_size: int = Field(
+        0,
+        ge=0,
+        description="0: off; else the network centre-crops its input to this size (with "
+        "data.augment.crop_padding = (input_size - crop_size) / 2 it trains on random crops)",
+    )
+    resize_to: int = Field(
+        0, ge=0, le=1024, description="0: off; else the (cropped) input is resized to this size, bilinear"
+    )
     input_scaling: Literal["unit", "symmetric"] = Field(
         description="unit: pixels / 255 in [0, 1]; symmetric: pixels / 127.5 - 1 in [-1, 1]"
     )
@@ -112,7 +123,16 @@ class ModelConfig(Section):
         0.99, gt=0.0, lt=1.0, description="lower it (e.g. 0.9) when an epoch is only a few dozen steps"
     )
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout before the classifier")
-    l2: float = Field(ge=0.0, description="L2 penalty on every conv and dense kernel")
+    l2: float = Field(ge=0.0, description="L2 penalty on conv and dense kernels (see l2_scope)")
+    l2_scope: Literal["all", "stem"] = Field(
+        description="all: every kernel; stem: only the plain stem convs, which is what Arriaga et "
+        "al.'s mini-Xception code trained with (Keras 2 ignored kernel_regularizer on SeparableConv2D)"
+    )
+
+    @property
+    def stem_input_size(self) -> int:
+        """The side of the image the first convolution sees, after the crop and the resize."""
+        return self.resize_to or self.crop_size or self.input_size
 
     @model_validator(mode="before")
     @classmethod
@@ -138,16 +158,27 @@ class ModelConfig(Section):
         widths = info.data.get("stem_widths")
         if widths is not None and len(widths) != len(strides):
             raise ValueError(f"needs one stride per stem width ({len(widths)} widths), got {strides}")
-        size = info.data.get("input_size")
-        if size is not None:
+        seen = info.data.get("resize_to") or info.data.get("crop_size") or info.data.get("input_size")
+        if seen is not None:
+            size = seen
             for stride in strides:
                 size = (size - 3) // stride + 1
             if size < 1:
                 raise ValueError(
-                    f"must leave at least 1 pixel of the {info.data['input_size']}px input "
+                    f"must leave at least 1 pixel of the {seen}px image the stem sees "
                     f"after the 3x3 'valid' stem convs, got {strides}"
                 )
         return strides
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop_inside_input(cls, crop: int, info: ValidationInfo) -> int:
+        size = info.data.get("input_size")
+        if crop and size is not None and not (8 <= crop <= size and (size - crop) % 2 == 0):
+            raise ValueError(
+                f"must be 0 or between 8 and input_size ({size}) with an even margin, got {crop}"
+            )
+        return crop
 
     @field_validator("middle_width")
     @classmethod
@@ -173,12 +204,31 @@ class AugmentConfig(Section):
 
     horizontal_flip: bool = True
     rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)
-    zoom: float = Field(0.1, ge=0.0, lt=1.0)
+    zoom: float | tuple[float, float] = Field(
+        0.1,
+        description="z: zoom in or out by up to z (a fraction of the side); [low, high]: a scale "
+        "range as in random-resized-crop, e.g. [-0.2, 0.2] (negative zooms in, showing less)",
+    )
     shift: float = Field(0.1, ge=0.0, lt=1.0)
     crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
     erasing_probability: float = Field(0.0, ge=0.0, le=1.0)
     erasing_max_area: float = Field(0.25, gt=0.0, le=1.0)
     fill_mode: Literal["reflect", "nearest", "constant", "wrap"] = "reflect"
+    brightness: float = Field(0.0, ge=0.0, le=1.0, description="shift by up to this fraction of 255")
+    contrast: float = Field(0.0, ge=0.0, le=1.0, description="scale contrast by 1 +- up to this")
+    mixup_alpha: float = Field(0.0, ge=0.0, description="mixup's Beta(alpha, alpha); 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="CutMix's Beta(alpha, alpha); 0: off")
+    mix_probability: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of training images mixed when mixup or CutMix is on"
+    )
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, zoom: float | tuple[float, float]) -> float | tuple[float, float]:
+        low, high = (-zoom, zoom) if isinstance(zoom, float | int) else zoom
+        if not (-1.0 < low <= high < 1.0) or (isinstance(zoom, float | int) and zoom < 0):
+            raise ValueError(f"must be a fraction in [0, 1) or a range [low, high] inside (-1, 1), got {zoom}")
+        return zoom
 
 
 class DataConfig(Section):
@@ -221,6 +271,13 @@ class TrainConfig(Section):
     jit_compile: Literal["auto", "on", "off"] = "auto"
     distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     steps_per_execution: int = Field(1, ge=1)
+    ema: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="0: off; else the momentum of an exponential moving average of the weights, "
+        "which validation, checkpoints and the saved model then use (e.g. 0.999)",
+    )
 
     @field_validator("jit_compile", "mixed_precision", mode="before")
     @classmethod

@@ -27,10 +27,11 @@ RUN_METRICS_FILE = "metrics.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Normalization = Literal["raw", "unit", "symmetric"]
-TtaMode = Literal["none", "flip", "crops"]
+TtaMode = Literal["none", "flip", "crops", "ten_crop"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
-# `crops` TTA: the face plus four copies shifted this many pixels diagonally (edges replicated).
+# `crops` TTA: the face plus four copies shifted this many pixels diagonally (edges replicated), for
+# a model without a centre-crop layer; a model that crops is shifted by its crop margin instead.
 CROP_SHIFT = 3
 FACE_SIZE = 48
 
@@ -47,7 +48,8 @@ TF_BATCHES_IN_FLIGHT = 2
 class LoadedModel:
     """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, classes].
 
-    `forward` may be called from `batches_in_flight` threads at once.
+    `forward` may be called from `batches_in_flight` threads at once. `crop_margin` is the border
+    a fertrain network trained on random crops cuts off each side (its `model.crop_size`), 0 if none.
     """
 
     path: Path
@@ -55,6 +57,11 @@ class LoadedModel:
     input_size: int
     forward: Callable[[np.ndarray], np.ndarray]
     batches_in_flight: int = 1
+    crop_margin: int = 0
+
+    @property
+    def tta_shift(self) -> int:
+        return self.crop_margin or CROP_SHIFT
 
 
 def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
@@ -136,9 +143,21 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
         # batch, so other backends run one batch at a time.
         model.make_predict_function()
         in_flight = TF_BATCHES_IN_FLIGHT
-    return LoadedModel(
-        path, run_dir, size, lambda batch: np.asarray(model.predict_on_batch(batch)), in_flight
-    )
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(batch))
+
+    return LoadedModel(path, run_dir, size, forward, in_flight, _crop_margin(model, size))
+
+
+def _crop_margin(model, input_size: int) -> int:
+    from fertrain.models.xception import CROP_LAYER
+
+    names = {layer.name: layer for layer in model.layers}
+    crop = names.get(CROP_LAYER)
+    if crop is None or not hasattr(crop, "height"):
+        return 0
+    return (input_size - int(crop.height)) // 2
 
 
 def _saved_model_classifier(path: Path) -> LoadedModel:
@@ -194,17 +213,24 @@ def model_inputs(faces: np.ndarray, input_size: int, normalize: str) -> np.ndarr
     return scale_pixels(pixels, normalize)
 
 
-def tta_views(faces: np.ndarray, tta: str) -> list[np.ndarray]:
-    """The copies of each face whose probabilities are averaged: none 1, flip 2, crops 5."""
+def tta_views(faces: np.ndarray, tta: str, shift: int = CROP_SHIFT) -> list[np.ndarray]:
+    """The copies of each face whose probabilities are averaged: none 1, flip 2, crops 5, ten_crop 10.
+
+    `crops` is the face and four copies shifted `shift` pixels diagonally (edges replicated); for a
+    network that centre-crops a margin of `shift`, the crop then cuts exactly the face's four corner
+    crops and its centre crop, as in the ten-crop testing of Krizhevsky et al. `ten_crop` adds the
+    mirror of each.
+    """
     if tta == "none":
         return [faces]
     if tta == "flip":
         return [faces, faces[:, :, ::-1]]
-    if tta == "crops":
-        s, size = CROP_SHIFT, faces.shape[1]
+    if tta in ("crops", "ten_crop"):
+        s, size = shift, faces.shape[1]
         padded = np.pad(faces, ((0, 0), (s, s), (s, s)), mode="edge")
         offsets = [(s, s), (0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s)]
-        return [padded[:, y : y + size, x : x + size] for y, x in offsets]
+        crops = [padded[:, y : y + size, x : x + size] for y, x in offsets]
+        return crops if tta == "crops" else crops + [crop[:, :, ::-1] for crop in crops]
     raise ModelError(f"unknown TTA mode {tta!r}: expected one of {', '.join(TTA_MODES)}")
 
 
@@ -242,9 +268,10 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Mean probabilities [N, classes] over every model (an ensemble) and every TTA view of uint8
     faces [N, 48, 48]."""
-    views = tta_views(faces, tta)
     total = np.zeros((len(faces), len(EMOTIONS)), dtype=np.float64)
     for model in models:
+        views = tta_views(faces, tta, model.tta_shift)
         for view in views:
-            total += _model_probabilities(model, np.ascontiguousarray(view), normalize, batch_size)
-    return total / (len(models) * len(views))
+            probabilities = _model_probabilities(model, np.ascontiguousarray(view), normalize, batch_size)
+            total += probabilities / len(views)
+    return total / len(models)

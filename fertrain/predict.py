@@ -192,6 +192,7 @@ def predict_images(
     detect: bool = False,
     annotate_dir: str | Path | None = None,
     normalize: str = "raw",
+    tta: str = "none",
 ) -> list[ImagePrediction]:
     """Top-3 emotions for every image, or for every face found in it when `detect` is set."""
     classifier = model if isinstance(model, LoadedModel) else load_classifier(model)
@@ -210,7 +211,7 @@ def predict_images(
         pictures.append(rgb)
         boxes_per_image.append(boxes)
     stacked = np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
-    probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize))
+    probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize, tta=tta))
     results, taken = [], set()
     for path, rgb, boxes in zip(paths, pictures, boxes_per_image, strict=True):
         predictions = [FacePrediction(box, _top(next(probabilities))) for box in boxes]

@@ -105,6 +105,8 @@ def _summary_rows(run_metrics: dict[str, Any], summary: dict[str, Any]) -> list[
         if key in run_metrics
     ]
     rows.append((f"{split} images", str(summary["num_images"])))
+    if summary["tta"] != "none":
+        rows.append(("test-time augmentation", summary["tta"]))
     rows += [(f"{split} {label}", _format(summary[key])) for key, label in SUMMARY_METRICS]
     return rows
 
@@ -238,6 +240,7 @@ def build_report(
     data_dir: str | Path | None = None,
     split: str = "test",
     mistakes: int = 24,
+    tta: str = "none",
 ) -> Report:
     """Evaluates the run's model on `split` (data defaults to the run's data.dir) and writes
     report.html, report.md and the figures report.md links into `run_dir`."""
@@ -249,7 +252,7 @@ def build_report(
     config_path = run_dir / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
-    evaluation = evaluate([run_dir], data_dir, split=split)
+    evaluation = evaluate([run_dir], data_dir, split=split, tta=tta)
     summary = evaluation.summary
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     content = _Content(

@@ -109,7 +109,11 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     settings: OptimizerConfig = train.optimizer
     # AdamW insists on a float; for the others None skips the decay step entirely.
-    decay = {"weight_decay": train.weight_decay if settings.name == "adamw" else train.weight_decay or None}
+    common = {
+        "weight_decay": train.weight_decay if settings.name == "adamw" else train.weight_decay or None,
+        "use_ema": train.ema > 0,
+        "ema_momentum": train.ema or 0.99,
+    }
     if settings.name in ("adam", "adamw"):
         adam = keras.optimizers.AdamW if settings.name == "adamw" else keras.optimizers.Adam
         optimizer = adam(
@@ -117,15 +121,15 @@ def build_optimizer(
             beta_1=settings.beta_1,
             beta_2=settings.beta_2,
             epsilon=settings.epsilon,
-            **decay,
+            **common,
         )
     elif settings.name == "sgd":
         optimizer = keras.optimizers.SGD(
-            learning_rate, momentum=settings.momentum, nesterov=settings.nesterov, **decay
+            learning_rate, momentum=settings.momentum, nesterov=settings.nesterov, **common
         )
     else:
         optimizer = keras.optimizers.RMSprop(
-            learning_rate, momentum=settings.momentum, epsilon=settings.epsilon, **decay
+            learning_rate, momentum=settings.momentum, epsilon=settings.epsilon, **common
         )
     if train.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))

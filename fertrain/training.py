@@ -22,10 +22,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from fertrain.augmentation import AugmentedTrainer, MultiWorkerTrainer, build_augmentation
+from fertrain.augmentation import AugmentedTrainer, BatchMixer, MultiWorkerTrainer, build_augmentation
 from fertrain.batches import ArrayBatches, class_weights
 from fertrain.callbacks import (
     AtomicBackupAndRestore,
+    AveragedWeightsForEvaluation,
     DivergenceGuard,
     EpochEndHook,
     EpochSeeding,
@@ -172,6 +173,7 @@ def _prepare_job(config: Config) -> TrainingJob:
         class_weights=class_weights(config.train, splits.train_labels, classes),
         image_dtype=image_dtype,
         drop_remainder=True,
+        mixer=BatchMixer.from_config(config.data.augment),
     )
     val_batches = ArrayBatches(
         splits.val_images, splits.val_labels, classes, batch_size, image_dtype=image_dtype
@@ -393,6 +395,8 @@ def _callbacks(
         callbacks.append(
             keras.callbacks.TensorBoard(str(output_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0)
         )
+    if train.ema:
+        callbacks.append(AveragedWeightsForEvaluation())
     callbacks += [EpochEndHook(record_epoch), AtomicBackupAndRestore(output_dir / BACKUP_DIR)]
     return callbacks
 

@@ -14,6 +14,9 @@ from keras import layers
 from fertrain.config import ModelConfig
 from fertrain.models.layers import FusedBatchNormalization, SeparableConv2D
 
+# The layer ten-crop TTA looks for to place its crops where the network will cut them.
+CROP_LAYER = "crop"
+
 # Pixel range the network sees after its built-in rescaling of raw 0-255 input.
 _INPUT_SCALING = {"unit": (1.0 / 255.0, 0.0), "symmetric": (1.0 / 127.5, -1.0)}
 
@@ -23,8 +26,9 @@ def scaled_width(width: int, multiplier: float) -> int:
     return max(1, round(width * multiplier))
 
 
-def _regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:
-    return keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+def _regularizer(cfg: ModelConfig, stem: bool = False) -> keras.regularizers.Regularizer | None:
+    """L2 on the kernel of a stem conv, or of any other layer when `l2_scope` is `all`."""
+    return keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 and (stem or cfg.l2_scope == "all") else None
 
 
 def _batchnorm(cfg: ModelConfig, name: str) -> layers.BatchNormalization:
@@ -37,7 +41,7 @@ def _conv_bn_relu(x, width: int, stride: int, cfg: ModelConfig, name: str):
         3,
         strides=stride,
         use_bias=cfg.use_bias,
-        kernel_regularizer=_regularizer(cfg),
+        kernel_regularizer=_regularizer(cfg, stem=True),
         name=f"{name}_conv",
     )(x)
     x = _batchnorm(cfg, f"{name}_bn")(x)
@@ -140,8 +144,14 @@ def classifier(x, cfg: ModelConfig):
 def build_model(cfg: ModelConfig) -> keras.Model:
     """Input: raw 0-255 pixels (N, S, S, 1), uint8 or float. Output: float32 softmax (N, num_classes)."""
     inputs = keras.Input(shape=(cfg.input_size, cfg.input_size, 1), name="pixels")
+    x = inputs
+    if cfg.crop_size:
+        # Trained on random crops (a shift, then this crop), the network sees the centre at test time.
+        x = layers.CenterCrop(cfg.crop_size, cfg.crop_size, name=CROP_LAYER)(x)
+    if cfg.resize_to:
+        x = layers.Resizing(cfg.resize_to, cfg.resize_to, interpolation="bilinear", name="resize")(x)
     scale, offset = _INPUT_SCALING[cfg.input_scaling]
-    x = layers.Rescaling(scale, offset, name="rescale")(inputs)
+    x = layers.Rescaling(scale, offset, name="rescale")(x)
     x = stem(x, cfg)
     x = entry_flow(x, cfg)
     x = middle_flow(x, cfg)
