@@ -227,7 +227,7 @@ class AugmentConfig(Section):
     def _zoom_range(cls, zoom: float | tuple[float, float]) -> float | tuple[float, float]:
         low, high = (-zoom, zoom) if isinstance(zoom, float | int) else zoom
         if not (-1.0 < low <= high < 1.0) or (isinstance(zoom, float | int) and zoom < 0):
-            raise ValueError(f"must be a fraction in [0, 1) or a range [low, high] inside (-1, 1), got {zoom}")
+            raise ValueError(f"must be a fraction in [0, 1) or a range [low, high] in (-1, 1), got {zoom}")
         return zoom
 
 
