@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from fertrain.errors import TrainingDivergedError
-from fertrain.fileio import write_atomic
+from fertrain.fileio import removed_on_failure, write_atomic, writing
 
 History = Sequence[dict[str, float]]  # one dict per completed epoch, in order
 
@@ -88,8 +88,9 @@ class NetworkCheckpoints(keras.callbacks.Callback):
 
 def save_atomic(model: keras.Model, path: Path) -> None:
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    float32_copy(model).save(temporary)
-    os.replace(temporary, path)
+    with writing(path), removed_on_failure(temporary):
+        float32_copy(model).save(temporary)
+        os.replace(temporary, path)
 
 
 def float32_copy(model: keras.Model) -> keras.Model:
@@ -305,7 +306,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.backup_path.mkdir(parents=True, exist_ok=True)
         previous = read_backup_state(self.backup_path)
         weights = f"epoch-{self._current_epoch:05d}.weights.h5"
-        self.model.save_weights(self.backup_path / weights, overwrite=True)
+        saved = self.backup_path / weights
+        with writing(saved), removed_on_failure(saved):
+            self.model.save_weights(saved, overwrite=True)
         write_atomic(
             self.backup_path / self.POINTER, json.dumps({"epoch": self._current_epoch, "weights": weights})
         )

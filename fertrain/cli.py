@@ -1,13 +1,17 @@
 """Command-line interface: each command parses options, calls one library function, renders with rich.
 
-Library code raises `FertrainError`s; `main` turns them into one line on stderr and the error's
-exit code, never a traceback.
+Library code raises `FertrainError`s; `main` turns them, and any operating-system error on a file,
+into one line on stderr and the error's exit code, never a traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Annotated, Literal
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,13 +19,23 @@ from rich.markup import escape
 
 from fertrain import __version__
 from fertrain.data.sources import SourceFormat
-from fertrain.errors import BelowThresholdError, FertrainError
+from fertrain.errors import BelowThresholdError, FertrainError, FileSystemError
 from fertrain.export import ExportFormat, Quantization
+from fertrain.fileio import removed_on_failure
 from fertrain.inference import Normalization, TtaMode
+
+UNEXPECTED_EXIT_CODE = 1  # Python's own code for an uncaught exception, which scripts already expect
+EXIT_CODES = (
+    "Exit codes of every command: 0 done; 1 unexpected error (a bug; one line naming a file with the "
+    "traceback); 2 bad input (config, data, model, run directory); 3 below a threshold (evaluate "
+    "--min-accuracy, the export check); 4 training diverged; 5 a file could not be written or read "
+    "(no space, a path under a file, no permission, read-only file system); 130 interrupted."
+)
 
 app = typer.Typer(
     name="fertrain",
     help="Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -63,7 +77,8 @@ TtaOption = Annotated[
 ]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
-    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data)."
+    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data); "
+    "5 when a result file cannot be written (no space, a path under a file, no permission)."
 )
 
 
@@ -294,7 +309,8 @@ def train(
     """Train a model from `fertrain prepare` output into a run directory.
 
     The run directory gets config.yaml, model.keras (best val accuracy), last.keras, history.csv,
-    metrics.json and tensorboard/. Exit codes: 0 done, 2 bad input, 4 training diverged (NaN loss).
+    metrics.json and tensorboard/. Exit codes: 0 done, 2 bad input, 4 training diverged (NaN loss),
+    5 a run file could not be written (the message says how to continue with --resume).
     """
     from fertrain.config import load_config
     from fertrain.errors import ConfigError
@@ -401,7 +417,8 @@ EXPORT_EXIT_CODES = (
     "After exporting, the first 200 test images are run through the export and the Keras model: "
     "float exports must match within 1e-4 (max abs probability difference), int8 exports must agree on "
     "the top-1 emotion for >= 98% of them. Exit codes: 0 export written and check passed; 3 check failed "
-    "(the file is kept for inspection); 2 bad input or a missing optional dependency."
+    "(the file is kept for inspection); 2 bad input or a missing optional dependency; 5 the export "
+    "cannot be written (no space, a path under a file, no permission)."
 )
 
 
@@ -517,12 +534,32 @@ def benchmark(
     )
 
 
+def _fail(message: str, exit_code: int) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(exit_code)
+
+
+def _unexpected(exc: Exception) -> str:
+    """One line for an error fertrain did not foresee (a bug); its traceback, which a bug report needs,
+    goes to a new file in the temp folder, or to stderr when that cannot be written either."""
+    try:
+        fd, saved = tempfile.mkstemp(prefix="fertrain-traceback-", suffix=".txt")
+        with removed_on_failure(Path(saved)), os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(traceback.format_exception(exc))
+        where = f"full traceback in {saved}"
+    except OSError:
+        traceback.print_exception(exc)
+        where = "traceback above"
+    # Some libraries' messages span several lines (h5py's, for one).
+    text = " ".join(str(exc).split())
+    return f"unexpected {type(exc).__name__}{': ' + text if text else ''} ({where})"
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except FertrainError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -534,3 +571,8 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors arrive here in non-standalone mode
         exc.show()
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        error = FileSystemError.from_os_error(exc)
+        _fail(str(error), error.exit_code)
+    except Exception as exc:
+        _fail(_unexpected(exc), UNEXPECTED_EXIT_CODE)

@@ -43,7 +43,7 @@ from fertrain.callbacks import (
 )
 from fertrain.config import Config, dump_config, load_config
 from fertrain.data.dataset import load_split
-from fertrain.errors import ConfigError, DataError, ModelError
+from fertrain.errors import ConfigError, DataError, FileSystemError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE
 from fertrain.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
@@ -99,6 +99,8 @@ def train(
             reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
         metrics = _fit(job, output_dir, completed, reporter, session_start)
         shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
+    except OSError as exc:
+        raise _run_write_error(exc, output_dir, job.runtime) from exc
     finally:
         if not job.runtime.is_chief:
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -316,6 +318,15 @@ def _claim_output_dir(
         except FileExistsError:
             continue
     raise ConfigError(f"{base}: could not find a free run directory name")
+
+
+def _run_write_error(exc: OSError, output_dir: Path, runtime: Runtime) -> FileSystemError:
+    """`exc` in one line, with the command that continues the run once its cause is fixed: every file
+    of the last completed epoch is intact, so `--resume` carries on from there."""
+    resumable = runtime.is_chief and (output_dir / RUN_CONFIG_FILE).is_file()
+    return FileSystemError.from_os_error(
+        exc, where=output_dir, then=f"fertrain train --resume {output_dir}" if resumable else None
+    )
 
 
 def _refuse_occupied(run_dir: Path) -> None:

@@ -22,6 +22,7 @@ from fertrain.data.dataset import MANIFEST, SPLITS
 from fertrain.data.records import IMAGE_SIZE, NUM_CLASSES, Progress, SourceData, no_progress
 from fertrain.data.sources import read_source, sha256_of
 from fertrain.errors import DataError
+from fertrain.fileio import writing
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,5 +130,6 @@ def prepare(
         raise DataError(f"{source}: no usable images found")
     val_split = _carve_val(data.splits, val_fraction, seed)
     manifest = _manifest(source, data, val_split)
-    _write_atomically(out, data.splits, manifest)
+    with writing(out):
+        _write_atomically(out, data.splits, manifest)
     return manifest
