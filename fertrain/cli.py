@@ -53,119 +53,6 @@ OverridesOption = Annotated[
 RunDataOption = Annotated[
     str | None, typer.Option("--data", help="Prepared data directory (default: the run's data.dir).")
 ]
-EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
-    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data)."
-)
-
-
-@app.command(epilog=EVALUATE_EXIT_CODES)
-def evaluate(
-    targets: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="TARGET...",
-            help="Run directories or model files (.keras, .h5, SavedModel dir); "
-            "several form an ensemble (mean probabilities).",
-        ),
-    ],
-    data: RunDataOption = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    tta: Annotated[
-        TtaMode,
-        typer.Option(
-            help="Test-time augmentation: none; flip (face + mirror); "
-            "crops (face + 4 copies shifted 3 px diagonally).",
-        ),
-    ] = "none",
-    normalize: Annotated[
-        Normalization,
-        typer.Option(
-            help="Pixel scaling the model expects: raw 0-255 (fertrain models), unit x/255, "
-            "symmetric x/127.5-1.",
-        ),
-    ] = "raw",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-    ] = False,
-    out: Annotated[str | None, typer.Option(help="Also write the JSON summary to this file.")] = None,
-    min_accuracy: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 when accuracy is below this.")
-    ] = None,
-) -> None:
-    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split.
-
-    For a single run directory it also writes evaluation-SPLIT.json and confusion-SPLIT.png into it.
-    """
-    import json
-
-    from fertrain.evaluation import evaluate as run_evaluation
-    from fertrain.tables import evaluation_tables
-
-    result = run_evaluation(
-        targets, data, split=split, tta=tta, normalize=normalize, batch_size=batch_size, out=out
-    )
-    summary = result.summary
-    if json_output:
-        typer.echo(json.dumps(summary))
-    else:
-        for table in evaluation_tables(summary):
-            console.print(table)
-        for path in result.written:
-            console.print(f"wrote {path}")
-    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
-        accuracy = summary["accuracy"]
-        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
-
-
-@app.command()
-def summary(
-    config: ConfigOption,
-    overrides: OverridesOption = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-    ] = False,
-    plot: Annotated[
-        str | None,
-        typer.Option(metavar="FILE.png", help="Also draw the layer graph (needs Graphviz's dot)."),
-    ] = None,
-) -> None:
-    """Layers, parameters, size and multiply-accumulates per image of a config's model.
-
-    MACs count conv, depthwise/separable conv and dense layers from their shapes; BN, activations,
-    pooling and adds are not counted.
-    """
-    import json
-
-    from rich.table import Table
-
-    from fertrain.config import load_config
-    from fertrain.models.summary import summarize_config
-
-    result = summarize_config(load_config(config, overrides or ()), plot_path=plot)
-    if json_output:
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    table = Table(title=f"{result.name} ({config})")
-    for column in ("layer", "type", "output shape", "params", "MACs"):
-        numeric = column in ("params", "MACs")
-        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for layer in result.layers:
-        shape = "(" + ", ".join("N" if d is None else str(d) for d in layer.output_shape) + ")"
-        table.add_row(
-            layer.name, layer.kind, shape, f"{layer.params:,}", f"{layer.macs:,}" if layer.macs else ""
-        )
-    console.print(table)
-    console.print(
-        f"parameters: {result.total_params:,} total, {result.trainable_params:,} trainable, "
-        f"{result.non_trainable_params:,} non-trainable; size {result.size_mb:.2f} MB; "
-        f"{result.macs:,} MACs per image"
-    )
-    if plot:
-        console.print(f"wrote {plot}")
-
-
 PREPARE_SOURCES = (
     "SOURCE: Kaggle's fer2013.csv (also .csv.gz, fer2013.tar.gz or a .zip), icml_face_data.csv, "
     "an image-folder tree (train/<emotion>/, test/<emotion>/) or a directory with X_train.npy, "
@@ -328,6 +215,72 @@ def train(
     console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
 
 
+EVALUATE_EXIT_CODES = (
+    "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
+    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data)."
+)
+
+
+@app.command(epilog=EVALUATE_EXIT_CODES)
+def evaluate(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="TARGET...",
+            help="Run directories or model files (.keras, .h5, SavedModel dir); "
+            "several form an ensemble (mean probabilities).",
+        ),
+    ],
+    data: RunDataOption = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
+    tta: Annotated[
+        TtaMode,
+        typer.Option(
+            help="Test-time augmentation: none; flip (face + mirror); "
+            "crops (face + 4 copies shifted 3 px diagonally).",
+        ),
+    ] = "none",
+    normalize: Annotated[
+        Normalization,
+        typer.Option(
+            help="Pixel scaling the model expects: raw 0-255 (fertrain models), unit x/255, "
+            "symmetric x/127.5-1.",
+        ),
+    ] = "raw",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    out: Annotated[str | None, typer.Option(help="Also write the JSON summary to this file.")] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 when accuracy is below this.")
+    ] = None,
+) -> None:
+    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split.
+
+    For a single run directory it also writes evaluation-SPLIT.json and confusion-SPLIT.png into it.
+    """
+    import json
+
+    from fertrain.evaluation import evaluate as run_evaluation
+    from fertrain.tables import evaluation_tables
+
+    result = run_evaluation(
+        targets, data, split=split, tta=tta, normalize=normalize, batch_size=batch_size, out=out
+    )
+    summary = result.summary
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        for table in evaluation_tables(summary):
+            console.print(table)
+        for path in result.written:
+            console.print(f"wrote {path}")
+    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
+        accuracy = summary["accuracy"]
+        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
+
+
 @app.command()
 def report(
     run_dir: Annotated[
@@ -431,6 +384,53 @@ def export(
         console.print(f"check on {check.images} test images: {check.criterion}: {verdict}")
     if not check.passed:
         raise BelowThresholdError(f"export check failed: {check.criterion}; kept {result.path}")
+
+
+@app.command()
+def summary(
+    config: ConfigOption,
+    overrides: OverridesOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    plot: Annotated[
+        str | None,
+        typer.Option(metavar="FILE.png", help="Also draw the layer graph (needs Graphviz's dot)."),
+    ] = None,
+) -> None:
+    """Layers, parameters, size and multiply-accumulates per image of a config's model.
+
+    MACs count conv, depthwise/separable conv and dense layers from their shapes; BN, activations,
+    pooling and adds are not counted.
+    """
+    import json
+
+    from rich.table import Table
+
+    from fertrain.config import load_config
+    from fertrain.models.summary import summarize_config
+
+    result = summarize_config(load_config(config, overrides or ()), plot_path=plot)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{result.name} ({config})")
+    for column in ("layer", "type", "output shape", "params", "MACs"):
+        numeric = column in ("params", "MACs")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for layer in result.layers:
+        shape = "(" + ", ".join("N" if d is None else str(d) for d in layer.output_shape) + ")"
+        table.add_row(
+            layer.name, layer.kind, shape, f"{layer.params:,}", f"{layer.macs:,}" if layer.macs else ""
+        )
+    console.print(table)
+    console.print(
+        f"parameters: {result.total_params:,} total, {result.trainable_params:,} trainable, "
+        f"{result.non_trainable_params:,} non-trainable; size {result.size_mb:.2f} MB; "
+        f"{result.macs:,} MACs per image"
+    )
+    if plot:
+        console.print(f"wrote {plot}")
 
 
 @app.command()
