@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from fertrain import __version__
 from fertrain.data.sources import SourceFormat
@@ -19,8 +20,30 @@ from fertrain.errors import BelowThresholdError, FertrainError
 from fertrain.export import ExportFormat, Quantization
 from fertrain.inference import Normalization, TtaMode
 
+
+class _FlagsTakeNoValue:
+    """Typer 0.29's help shows flags such as --help and --json as `--json <bool>`, as if they took a
+    value; its help prints a parameter's metavar instead of its type, so flags get an empty one."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="fertrain",
+    cls=_Group,
     help="Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013.",
     no_args_is_help=True,
     add_completion=False,
@@ -63,7 +86,7 @@ PREPARE_SOURCES = (
 SKIPPED_ROWS_SHOWN = 20
 
 
-@app.command(epilog=PREPARE_SOURCES)
+@app.command(cls=_Command, epilog=PREPARE_SOURCES)
 def prepare(
     source: Annotated[
         str, typer.Argument(metavar="SOURCE", help="FER2013 in any accepted form (see below).")
@@ -159,7 +182,7 @@ TRAIN_NOTES = (
 )
 
 
-@app.command(epilog=TRAIN_NOTES)
+@app.command(cls=_Command, epilog=TRAIN_NOTES)
 def train(
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="YAML config file (not with --resume).")
@@ -221,7 +244,7 @@ EVALUATE_EXIT_CODES = (
 )
 
 
-@app.command(epilog=EVALUATE_EXIT_CODES)
+@app.command(cls=_Command, epilog=EVALUATE_EXIT_CODES)
 def evaluate(
     targets: Annotated[
         list[str],
@@ -281,7 +304,7 @@ def evaluate(
         raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
@@ -311,7 +334,7 @@ PREDICT_ARGUMENTS = (
 )
 
 
-@app.command(epilog=PREDICT_ARGUMENTS)
+@app.command(cls=_Command, epilog=PREDICT_ARGUMENTS)
 def predict(
     arguments: Annotated[list[str], typer.Argument(metavar="[MODEL] IMAGE_OR_DIR...", help="See below.")],
     detect_faces: Annotated[
@@ -352,7 +375,7 @@ EXPORT_EXIT_CODES = (
 )
 
 
-@app.command(epilog=EXPORT_EXIT_CODES)
+@app.command(cls=_Command, epilog=EXPORT_EXIT_CODES)
 def export(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
@@ -386,7 +409,7 @@ def export(
         raise BelowThresholdError(f"export check failed: {check.criterion}; kept {result.path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def summary(
     config: ConfigOption,
     overrides: OverridesOption = None,
@@ -433,7 +456,7 @@ def summary(
         console.print(f"wrote {plot}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def benchmark(
     config: ConfigOption,
     overrides: OverridesOption = None,
