@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 SAMPLE := data/sample/fer2013_sample.csv.gz
 DEMO_DATA := prepared/sample
 DEMO_RUN := runs/demo
+DEMO_PHOTO := data/sample/astronaut.jpg
+BUNDLED_MODEL := fertrain/assets/model.keras
 
 .PHONY: install demo test lint bench clean
 
@@ -17,14 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,onnx]"
 	touch $(STAMP)
 
-# The demo run directory is the demo's own: rerunning `make demo` replaces it.
+# The demo run directory is the demo's own: rerunning `make demo` replaces it. The demo ends with the
+# quickstart model trained just now beside the bundled model, both scored on the sample's test faces.
 demo: install
 	$(BIN)/fertrain prepare $(SAMPLE) --out $(DEMO_DATA)
 	rm -rf $(DEMO_RUN)
 	$(BIN)/fertrain train --config configs/quickstart.yaml --data $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	$(BIN)/fertrain evaluate $(DEMO_RUN) --data $(DEMO_DATA) --split test
-	$(BIN)/fertrain report $(DEMO_RUN) --data $(DEMO_DATA)
+	$(BIN)/fertrain predict $(BUNDLED_MODEL) $(DEMO_PHOTO) --detect-faces --annotate $(DEMO_RUN)/annotated
+	$(BIN)/fertrain report $(DEMO_RUN) --data $(DEMO_DATA) --compare $(BUNDLED_MODEL)
+	@echo "  (the sample's test faces are FER2013 PublicTest faces that neither model trained on; data/README.md)"
 	@echo "report: $(DEMO_RUN)/report.html (and report.md)"
+	@echo "annotated photo: $(DEMO_RUN)/annotated/$(notdir $(DEMO_PHOTO))"
 
 test: install
 	$(BIN)/python -m pytest -q

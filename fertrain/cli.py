@@ -16,6 +16,7 @@ from typing import Annotated, Literal, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from fertrain import __version__
 from fertrain.data.sources import SourceFormat
@@ -32,8 +33,29 @@ EXIT_CODES = (
     "(no space, a path under a file, no permission, read-only file system); 130 interrupted."
 )
 
+class _FlagsTakeNoValue:
+    """Typer 0.29's help shows flags such as --help and --json as `--json <bool>`, as if they took a
+    value; its help prints a parameter's metavar instead of its type, so flags get an empty one."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="fertrain",
+    cls=_Group,
     help="Train, evaluate and ship Xception-family facial-emotion classifiers on FER2013.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
@@ -75,114 +97,6 @@ TtaOption = Annotated[
         "sees its 4 corner crops and its centre crop); ten_crop (crops + the mirror of each).",
     ),
 ]
-EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
-    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data); "
-    "5 when a result file cannot be written (no space, a path under a file, no permission)."
-)
-
-
-@app.command(epilog=EVALUATE_EXIT_CODES)
-def evaluate(
-    targets: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="TARGET...",
-            help="Run directories or model files (.keras, .h5, SavedModel dir); "
-            "several form an ensemble (mean probabilities).",
-        ),
-    ],
-    data: RunDataOption = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    tta: TtaOption = "none",
-    normalize: Annotated[
-        Normalization,
-        typer.Option(
-            help="Pixel scaling the model expects: raw 0-255 (fertrain models), unit x/255, "
-            "symmetric x/127.5-1.",
-        ),
-    ] = "raw",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-    ] = False,
-    out: Annotated[str | None, typer.Option(help="Also write the JSON summary to this file.")] = None,
-    min_accuracy: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 when accuracy is below this.")
-    ] = None,
-) -> None:
-    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split.
-
-    For a single run directory it also writes evaluation-SPLIT.json and confusion-SPLIT.png into it.
-    """
-    import json
-
-    from fertrain.evaluation import evaluate as run_evaluation
-    from fertrain.tables import evaluation_tables
-
-    result = run_evaluation(
-        targets, data, split=split, tta=tta, normalize=normalize, batch_size=batch_size, out=out
-    )
-    summary = result.summary
-    if json_output:
-        typer.echo(json.dumps(summary))
-    else:
-        for table in evaluation_tables(summary):
-            console.print(table)
-        for path in result.written:
-            console.print(f"wrote {path}")
-    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
-        accuracy = summary["accuracy"]
-        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
-
-
-@app.command()
-def summary(
-    config: ConfigOption,
-    overrides: OverridesOption = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
-    ] = False,
-    plot: Annotated[
-        str | None,
-        typer.Option(metavar="FILE.png", help="Also draw the layer graph (needs Graphviz's dot)."),
-    ] = None,
-) -> None:
-    """Layers, parameters, size and multiply-accumulates per image of a config's model.
-
-    MACs count conv, depthwise/separable conv and dense layers from their shapes; BN, activations,
-    pooling and adds are not counted.
-    """
-    import json
-
-    from rich.table import Table
-
-    from fertrain.config import load_config
-    from fertrain.models.summary import summarize_config
-
-    result = summarize_config(load_config(config, overrides or ()), plot_path=plot)
-    if json_output:
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    table = Table(title=f"{result.name} ({config})")
-    for column in ("layer", "type", "output shape", "params", "MACs"):
-        numeric = column in ("params", "MACs")
-        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for layer in result.layers:
-        shape = "(" + ", ".join("N" if d is None else str(d) for d in layer.output_shape) + ")"
-        table.add_row(
-            layer.name, layer.kind, shape, f"{layer.params:,}", f"{layer.macs:,}" if layer.macs else ""
-        )
-    console.print(table)
-    console.print(
-        f"parameters: {result.total_params:,} total, {result.trainable_params:,} trainable, "
-        f"{result.non_trainable_params:,} non-trainable; size {result.size_mb:.2f} MB; "
-        f"{result.macs:,} MACs per image"
-    )
-    if plot:
-        console.print(f"wrote {plot}")
-
-
 PREPARE_SOURCES = (
     "SOURCE: Kaggle's fer2013.csv (also .csv.gz, fer2013.tar.gz or a .zip), icml_face_data.csv, "
     "an image-folder tree (train/<emotion>/, test/<emotion>/) or a directory with X_train.npy, "
@@ -193,7 +107,7 @@ PREPARE_SOURCES = (
 SKIPPED_ROWS_SHOWN = 20
 
 
-@app.command(epilog=PREPARE_SOURCES)
+@app.command(cls=_Command, epilog=PREPARE_SOURCES)
 def prepare(
     source: Annotated[
         str, typer.Argument(metavar="SOURCE", help="FER2013 in any accepted form (see below).")
@@ -289,7 +203,7 @@ TRAIN_NOTES = (
 )
 
 
-@app.command(epilog=TRAIN_NOTES)
+@app.command(cls=_Command, epilog=TRAIN_NOTES)
 def train(
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="YAML config file (not with --resume).")
@@ -346,7 +260,74 @@ def train(
     console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+EVALUATE_EXIT_CODES = (
+    "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
+    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data); "
+    "5 when a result file cannot be written (no space, a path under a file, no permission)."
+)
+
+
+@app.command(cls=_Command, epilog=EVALUATE_EXIT_CODES)
+def evaluate(
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="TARGET...",
+            help="Run directories or model files (.keras, .h5, SavedModel dir); "
+            "several form an ensemble (mean probabilities).",
+        ),
+    ],
+    data: RunDataOption = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
+    tta: Annotated[
+        TtaMode,
+        typer.Option(
+            help="Test-time augmentation: none; flip (face + mirror); "
+            "crops (face + 4 copies shifted 3 px diagonally).",
+        ),
+    ] = "none",
+    normalize: Annotated[
+        Normalization,
+        typer.Option(
+            help="Pixel scaling the model expects: raw 0-255 (fertrain models), unit x/255, "
+            "symmetric x/127.5-1.",
+        ),
+    ] = "raw",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    out: Annotated[str | None, typer.Option(help="Also write the JSON summary to this file.")] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 when accuracy is below this.")
+    ] = None,
+) -> None:
+    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split.
+
+    For a single run directory it also writes evaluation-SPLIT.json and confusion-SPLIT.png into it.
+    """
+    import json
+
+    from fertrain.evaluation import evaluate as run_evaluation
+    from fertrain.tables import evaluation_tables
+
+    result = run_evaluation(
+        targets, data, split=split, tta=tta, normalize=normalize, batch_size=batch_size, out=out
+    )
+    summary = result.summary
+    if json_output:
+        typer.echo(json.dumps(summary))
+    else:
+        for table in evaluation_tables(summary):
+            console.print(table)
+        for path in result.written:
+            console.print(f"wrote {path}")
+    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
+        accuracy = summary["accuracy"]
+        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
+
+
+@app.command(cls=_Command)
 def report(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
@@ -355,19 +336,36 @@ def report(
     split: Annotated[str, typer.Option(help="Split the model is evaluated on: train, val or test.")] = "test",
     mistakes: Annotated[int, typer.Option(min=0, help="Most confident mistakes shown.")] = 24,
     tta: TtaOption = "none",
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL",
+            help="Also score this run directory or model file on the same images (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Write RUN_DIR/report.html (self-contained, images embedded) and RUN_DIR/report.md.
 
     They show training curves, the confusion matrix, per-class metrics, the most confident
-    mistakes, the resolved config, and the environment and timings.
+    mistakes, the resolved config, and the environment and timings; with --compare, a table of
+    the compared models beside the run's.
     """
     from fertrain.report import build_report
 
-    result = build_report(run_dir, data, split=split, mistakes=mistakes, tta=tta)
+    result = build_report(
+        run_dir, data, split=split, mistakes=mistakes, tta=tta, compare=compare or ()
+    )
     summary = result.evaluation.summary
     console.print(f"{split} accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     console.print(f"wrote {result.html}")
     console.print(f"wrote {result.markdown}")
+    if compare:
+        scores = " · ".join(f"{score.label}: {score.summary['accuracy']:.1%}" for score in result.scores)
+        console.print(
+            f"{split} accuracy on the same {summary['num_images']} images: {scores}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 PREDICT_ARGUMENTS = (
@@ -377,7 +375,7 @@ PREDICT_ARGUMENTS = (
 )
 
 
-@app.command(epilog=PREDICT_ARGUMENTS)
+@app.command(cls=_Command, epilog=PREDICT_ARGUMENTS)
 def predict(
     arguments: Annotated[list[str], typer.Argument(metavar="[MODEL] IMAGE_OR_DIR...", help="See below.")],
     detect_faces: Annotated[
@@ -422,7 +420,7 @@ EXPORT_EXIT_CODES = (
 )
 
 
-@app.command(epilog=EXPORT_EXIT_CODES)
+@app.command(cls=_Command, epilog=EXPORT_EXIT_CODES)
 def export(
     run_dir: Annotated[
         str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
@@ -456,7 +454,54 @@ def export(
         raise BelowThresholdError(f"export check failed: {check.criterion}; kept {result.path}")
 
 
-@app.command()
+@app.command(cls=_Command)
+def summary(
+    config: ConfigOption,
+    overrides: OverridesOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    plot: Annotated[
+        str | None,
+        typer.Option(metavar="FILE.png", help="Also draw the layer graph (needs Graphviz's dot)."),
+    ] = None,
+) -> None:
+    """Layers, parameters, size and multiply-accumulates per image of a config's model.
+
+    MACs count conv, depthwise/separable conv and dense layers from their shapes; BN, activations,
+    pooling and adds are not counted.
+    """
+    import json
+
+    from rich.table import Table
+
+    from fertrain.config import load_config
+    from fertrain.models.summary import summarize_config
+
+    result = summarize_config(load_config(config, overrides or ()), plot_path=plot)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{result.name} ({config})")
+    for column in ("layer", "type", "output shape", "params", "MACs"):
+        numeric = column in ("params", "MACs")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for layer in result.layers:
+        shape = "(" + ", ".join("N" if d is None else str(d) for d in layer.output_shape) + ")"
+        table.add_row(
+            layer.name, layer.kind, shape, f"{layer.params:,}", f"{layer.macs:,}" if layer.macs else ""
+        )
+    console.print(table)
+    console.print(
+        f"parameters: {result.total_params:,} total, {result.trainable_params:,} trainable, "
+        f"{result.non_trainable_params:,} non-trainable; size {result.size_mb:.2f} MB; "
+        f"{result.macs:,} MACs per image"
+    )
+    if plot:
+        console.print(f"wrote {plot}")
+
+
+@app.command(cls=_Command)
 def benchmark(
     config: ConfigOption,
     overrides: OverridesOption = None,

@@ -2,7 +2,8 @@
 
 The report shows training curves from history.csv, the evaluation of the run's model on a split
 (confusion heatmap, per-class table, the most confident mistakes), the resolved config, and the
-environment and timings from metrics.json.
+environment and timings from metrics.json. Other models (`--compare`) are scored on the same faces
+beside it, e.g. the model bundled with fertrain beside a run trained on the bundled sample.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,16 +20,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fertrain.config import load_config
 from fertrain.errors import ModelError
 from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE
 from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
 from fertrain.plots import mistakes_grid_png, training_curves_png
+from fertrain.predict import BUNDLED_MODEL
 
 CURVES_FILE = "report-curves.png"
 MISTAKES_FILE = "report-mistakes.png"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+COMPARISON_METRICS = (("accuracy", "accuracy"), ("top2_accuracy", "top-2 accuracy"), ("macro_f1", "macro F1"))
+COMPARISON_COLUMNS = ("model", *(label for _, label in COMPARISON_METRICS))
+COMPARISON_TITLE = "Compared on the same images"
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    label: str  # for people: the run's config name and training time, "bundled model" or the path
+    summary: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class Report:
     html: Path
     markdown: Path
     evaluation: Evaluation
+    scores: tuple[ModelScore, ...]  # the run's, then each compared model's, all on the same faces
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,26 @@ def _summary_rows(run_metrics: dict[str, Any], summary: dict[str, Any]) -> list[
     return rows
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _run_label(run_dir: Path, config_path: Path, run_metrics: dict[str, Any]) -> str:
+    wall = run_metrics.get("wall_time_s")
+    trained = f", trained in {_duration(wall)}" if wall else ""
+    return f"{load_config(config_path).name} ({run_dir}{trained})"
+
+
+def _model_label(target: str | Path) -> str:
+    return "bundled model" if Path(target).resolve() == BUNDLED_MODEL.resolve() else str(target)
+
+
+def _comparison_rows(scores: Sequence[ModelScore]) -> list[tuple[str, ...]]:
+    return [
+        (score.label, *(_format(score.summary[key]) for key, _ in COMPARISON_METRICS)) for score in scores
+    ]
+
+
 def _per_class_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     return [
         (
@@ -173,6 +207,7 @@ class _Content:
     title: str
     subtitle: str
     summary: list[tuple[str, str]]
+    comparison: list[tuple[str, ...]]  # empty: nothing compared, no section
     per_class: list[tuple[str, ...]]
     figures: list[Figure]
     config: str
@@ -186,6 +221,11 @@ def _render_html(content: _Content) -> str:
         return f'<h2>{title}</h2><img alt="{title}" src="data:image/png;base64,{data}">'
 
     curves, confusion, mistakes = content.figures
+    comparison = (
+        [f"<h2>{COMPARISON_TITLE}</h2>", _html_table(COMPARISON_COLUMNS, content.comparison)]
+        if content.comparison
+        else []
+    )
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -194,6 +234,7 @@ def _render_html(content: _Content) -> str:
             f"<h1>{html.escape(content.title)}</h1><p>{html.escape(content.subtitle)}</p>",
             "<h2>Summary</h2>",
             _html_table(None, content.summary),
+            *comparison,
             figure(curves),
             figure(confusion),
             "<h2>Per class</h2>",
@@ -213,6 +254,11 @@ def _render_markdown(content: _Content) -> str:
         return f"## {item.title}\n\n![{item.title}]({item.file})"
 
     curves, confusion, mistakes = content.figures
+    comparison = (
+        [f"## {COMPARISON_TITLE}", _md_table(COMPARISON_COLUMNS, content.comparison)]
+        if content.comparison
+        else []
+    )
     return (
         "\n\n".join(
             [
@@ -220,6 +266,7 @@ def _render_markdown(content: _Content) -> str:
                 content.subtitle,
                 "## Summary",
                 _md_table(("metric", "value"), content.summary),
+                *comparison,
                 figure(curves),
                 figure(confusion),
                 "## Per class",
@@ -241,9 +288,10 @@ def build_report(
     split: str = "test",
     mistakes: int = 24,
     tta: str = "none",
+    compare: Sequence[str | Path] = (),
 ) -> Report:
-    """Evaluates the run's model on `split` (data defaults to the run's data.dir) and writes
-    report.html, report.md and the figures report.md links into `run_dir`."""
+    """Evaluates the run's model, and each model in `compare`, on `split` (data defaults to the run's
+    data.dir) and writes report.html, report.md and the figures report.md links into `run_dir`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ModelError(f"{run_dir}: no such run directory")
@@ -254,11 +302,16 @@ def build_report(
         raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
     evaluation = evaluate([run_dir], data_dir, split=split, tta=tta)
     summary = evaluation.summary
+    scores = (ModelScore(_run_label(run_dir, config_path, run_metrics), summary),) + tuple(
+        ModelScore(_model_label(target), evaluate([target], summary["data_dir"], split=split, tta=tta).summary)
+        for target in compare
+    )
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     content = _Content(
         title=f"fertrain report: {run_dir.name}",
         subtitle=f"Run directory {run_dir}; {split} split of {summary['data_dir']}; written {created}.",
         summary=_summary_rows(run_metrics, summary),
+        comparison=_comparison_rows(scores) if compare else [],
         per_class=_per_class_rows(summary),
         figures=_figures(run_dir, history, evaluation, mistakes),
         config=config_path.read_text(encoding="utf-8"),
@@ -268,4 +321,4 @@ def build_report(
         write_atomic(run_dir / item.file, item.png)
     markdown = write_atomic(run_dir / "report.md", _render_markdown(content))
     page = write_atomic(run_dir / "report.html", _render_html(content))
-    return Report(page, markdown, evaluation)
+    return Report(page, markdown, evaluation, scores)

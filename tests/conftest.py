@@ -13,13 +13,15 @@ SAMPLE_CSV = Path(__file__).resolve().parents[1] / "data" / "sample" / "fer2013_
 
 @pytest.fixture(scope="session")
 def sample_csv() -> Path:
-    """data/sample/fer2013_sample.csv.gz: 700 Training, 210 PublicTest, 210 PrivateTest rows."""
+    """data/sample/fer2013_sample.csv.gz: 700 Training, 196 PublicTest and 196 PrivateTest rows.
+
+    The PrivateTest rows are PublicTest faces relabelled (see data/README.md)."""
     return SAMPLE_CSV
 
 
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample prepared once per session: train.npz (700), val.npz (210), test.npz (210)."""
+    """The sample prepared once per session: train.npz (700), val.npz (196), test.npz (196)."""
     out = tmp_path_factory.mktemp("prepared") / "sample"
     prepare(SAMPLE_CSV, out)
     return out

@@ -58,7 +58,7 @@ def assert_prepared_equals(out, expected):
 
 
 def test_sample_prepares_to_the_rows_read_one_pixel_at_a_time(prepared_sample, expected):
-    assert [len(expected[s][1]) for s in ("train", "val", "test")] == [700, 210, 210]
+    assert [len(expected[s][1]) for s in ("train", "val", "test")] == [700, 196, 196]
     assert_prepared_equals(prepared_sample, expected)
 
 
@@ -167,7 +167,7 @@ def test_cli_prints_class_count_table_or_json(tmp_path, sample_csv, capsys, monk
     assert code == 0 and err == ""
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert lines["train"] == ["700"] + ["100"] * 7
-    assert lines["val"] == lines["test"] == ["210"] + ["30"] * 7
+    assert lines["val"] == lines["test"] == ["196"] + ["28"] * 7
 
     code, out, _ = run_cli(["prepare", sample_csv, "--out", tmp_path / "json", "--json"], capsys, monkeypatch)
     assert code == 0

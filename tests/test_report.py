@@ -10,9 +10,10 @@ import shutil
 import numpy as np
 import pytest
 from cli_main import run_cli
-from run_dirs import tiny_run
+from run_dirs import tiny_model_file, tiny_run
 
-from fertrain.evaluation import Evaluation
+from fertrain.evaluation import Evaluation, evaluate
+from fertrain.predict import BUNDLED_MODEL
 from fertrain.report import most_confident_mistakes
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,7 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
         assert base64.b64decode(data).startswith(PNG_MAGIC)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not fetch anything"
     assert "<script" not in page and "<link" not in page
+    assert "Compared on the same images" not in page + markdown  # only with --compare
 
     run_metrics = json.loads((run_dir / "metrics.json").read_text())
     evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
@@ -61,6 +63,30 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
         assert text in markdown, text
     for linked in re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown):
         assert (run_dir / linked).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_compared_models_are_scored_on_the_same_faces(
+    run_dir, prepared_sample, tmp_path_factory, capsys, monkeypatch
+):
+    other = tiny_model_file(tmp_path_factory.getbasetemp(), prepared_sample, seed=1)
+    args = ["report", run_dir, "--data", prepared_sample, "--compare", BUNDLED_MODEL, "--compare", other]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    run, bundled, tiny = (
+        evaluate([target], prepared_sample).summary for target in (run_dir, BUNDLED_MODEL, other)
+    )
+    wall = json.loads((run_dir / "metrics.json").read_text())["wall_time_s"]
+    run_label = f"tiny0 ({run_dir}, trained in {wall:.0f} s)"
+    assert out.splitlines()[-1] == (
+        f"test accuracy on the same {run['num_images']} images: {run_label}: {run['accuracy']:.1%}"
+        f" · bundled model: {bundled['accuracy']:.1%} · {other}: {tiny['accuracy']:.1%}"
+    )
+    page = (run_dir / "report.html").read_text()
+    markdown = (run_dir / "report.md").read_text()
+    for label, summary in ((run_label, run), ("bundled model", bundled), (str(other), tiny)):
+        cells = [label] + [f"{summary[key]:.4f}" for key in ("accuracy", "top2_accuracy", "macro_f1")]
+        assert "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" in page
+        assert "| " + " | ".join(cells) + " |" in markdown
 
 
 def test_a_run_without_history_is_refused(run_dir, tmp_path, capsys, monkeypatch):

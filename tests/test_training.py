@@ -128,7 +128,7 @@ def test_one_epoch_on_the_sample_writes_a_complete_run_directory(one_epoch_run, 
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     faces, labels = load_split(prepared_sample, "val")
     probabilities = model.predict(faces[..., None], verbose=0)
-    assert probabilities.shape == (210, 7) and probabilities.dtype == np.float32
+    assert probabilities.shape == (196, 7) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
     assert accuracy == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)

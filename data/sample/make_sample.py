@@ -2,10 +2,12 @@
 
     python data/sample/make_sample.py ../shared/data/fer2013_training_publictest.csv.gz
 
-A stratified, seeded draw of original `fer2013.csv` lines, kept byte for byte and in source
-order. The development copy of FER2013 withholds PrivateTest, so a further draw of Training
-lines is relabelled `PrivateTest` (only their Usage field changes) to give the sample all
-three splits. The sample is written to a temporary file and renamed into place.
+A stratified, seeded draw of original `fer2013.csv` lines, kept byte for byte and, within each
+split, in source order. The development copy of FER2013 withholds PrivateTest, so the test rows
+are a second draw of PublicTest lines, disjoint from the val draw and relabelled `PrivateTest`
+(only their Usage field changes). They skip every PublicTest face whose pixels a Training row
+repeats (FER2013 has 280 such duplicates), so no model trained on Training, the bundled one
+included, has seen a test face. The sample is written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
@@ -31,21 +33,22 @@ def read_lines(source: Path) -> list[bytes]:
     return lines[1:]
 
 
-def line_key(line: bytes) -> tuple[int, str]:
-    """(emotion, Usage) of one CSV line."""
-    emotion, _, rest = line.partition(b",")
-    usage = rest.rstrip(b"\r\n").rpartition(b",")[2]
-    return int(emotion), usage.decode("ascii")
+def fields(line: bytes) -> tuple[int, bytes, str]:
+    """(emotion, pixels, Usage) of one CSV line."""
+    emotion, pixels, usage = line.rstrip(b"\r\n").split(b",")
+    return int(emotion), pixels, usage.decode("ascii")
 
 
-def draw(indices_by_key: dict, usage: str, per_class: int, rng: random.Random) -> list[int]:
-    """Up to `per_class` indices of each class of `usage`, removed from the pool."""
+def draw(rows: list[tuple], indices: list[int], per_class: int, rng: random.Random) -> list[int]:
+    """Up to `per_class` of `indices` of each class, sorted; `rows` holds each line's `fields`."""
+    by_class = defaultdict(list)
+    for index in indices:
+        by_class[rows[index][0]].append(index)
     drawn = []
     for emotion in range(NUM_CLASSES):
-        pool = indices_by_key[emotion, usage]
+        pool = by_class[emotion]
         rng.shuffle(pool)
         drawn += pool[:per_class]
-        del pool[:per_class]
     return sorted(drawn)
 
 
@@ -58,15 +61,16 @@ def make_sample(
     source: Path, out: Path, train_per_class: int, val_per_class: int, test_per_class: int, seed: int
 ) -> dict[str, int]:
     lines = read_lines(source)
-    indices_by_key = defaultdict(list)
-    for index, line in enumerate(lines):
-        indices_by_key[line_key(line)].append(index)
+    rows = [fields(line) for line in lines]
+    training = [i for i, (_, _, usage) in enumerate(rows) if usage == "Training"]
+    public = [i for i, (_, _, usage) in enumerate(rows) if usage == "PublicTest"]
+    seen = {rows[i][1] for i in training}
     rng = random.Random(seed)
-    train = draw(indices_by_key, "Training", train_per_class, rng)
-    val = draw(indices_by_key, "PublicTest", val_per_class, rng)
-    has_private = any(usage == "PrivateTest" for _, usage in indices_by_key)
-    test_usage = "PrivateTest" if has_private else "Training"
-    test = draw(indices_by_key, test_usage, test_per_class, rng)
+    train = draw(rows, training, train_per_class, rng)
+    # Test before val: the unseen faces are the scarcer pool (41 of PublicTest's 56 disgust faces).
+    test = draw(rows, [i for i in public if rows[i][1] not in seen], test_per_class, rng)
+    taken = set(test)
+    val = draw(rows, [i for i in public if i not in taken], val_per_class, rng)
 
     body = [lines[i] for i in train] + [lines[i] for i in val]
     body += [relabel(lines[i], b"PrivateTest") for i in test]
@@ -84,8 +88,9 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="FER2013 in Kaggle fer2013.csv format (.csv or .csv.gz)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--train-per-class", type=int, default=100)
-    parser.add_argument("--val-per-class", type=int, default=30)
-    parser.add_argument("--test-per-class", type=int, default=30)
+    # PublicTest has 56 disgust faces, 41 of them unseen in Training: 28 + 28 keeps both balanced.
+    parser.add_argument("--val-per-class", type=int, default=28)
+    parser.add_argument("--test-per-class", type=int, default=28)
     parser.add_argument("--seed", type=int, default=2013)
     args = parser.parse_args()
     counts = make_sample(
