@@ -33,6 +33,7 @@ EXIT_CODES = (
     "(no space, a path under a file, no permission, read-only file system); 130 interrupted."
 )
 
+
 class _FlagsTakeNoValue:
     """Typer 0.29's help shows flags such as --help and --json as `--json <bool>`, as if they took a
     value; its help prints a parameter's metavar instead of its type, so flags get an empty one."""
@@ -279,13 +280,7 @@ def evaluate(
     ],
     data: RunDataOption = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val or test.")] = "test",
-    tta: Annotated[
-        TtaMode,
-        typer.Option(
-            help="Test-time augmentation: none; flip (face + mirror); "
-            "crops (face + 4 copies shifted 3 px diagonally).",
-        ),
-    ] = "none",
+    tta: TtaOption = "none",
     normalize: Annotated[
         Normalization,
         typer.Option(
@@ -352,9 +347,7 @@ def report(
     """
     from fertrain.report import build_report
 
-    result = build_report(
-        run_dir, data, split=split, mistakes=mistakes, tta=tta, compare=compare or ()
-    )
+    result = build_report(run_dir, data, split=split, mistakes=mistakes, tta=tta, compare=compare or ())
     summary = result.evaluation.summary
     console.print(f"{split} accuracy {summary['accuracy']:.4f} on {summary['num_images']} images")
     console.print(f"wrote {result.html}")

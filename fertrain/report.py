@@ -302,9 +302,14 @@ def build_report(
         raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
     evaluation = evaluate([run_dir], data_dir, split=split, tta=tta)
     summary = evaluation.summary
+
+    def score(target: str | Path) -> ModelScore:
+        return ModelScore(
+            _model_label(target), evaluate([target], summary["data_dir"], split=split, tta=tta).summary
+        )
+
     scores = (ModelScore(_run_label(run_dir, config_path, run_metrics), summary),) + tuple(
-        ModelScore(_model_label(target), evaluate([target], summary["data_dir"], split=split, tta=tta).summary)
-        for target in compare
+        map(score, compare)
     )
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     content = _Content(
