@@ -39,9 +39,9 @@ from fertrain.config import AugmentConfig, Config, load_config
 from fertrain.models import build_model
 from fertrain.models.layers import SeparableConv2D, shifted_depthwise_conv
 from fertrain.models.summary import summarize
-from fertrain.runtime import dtype_policy, resolve_runtime
-from fertrain.schedules import build_schedule
 from fertrain.training import compile_trainer
+from fertrain.training.runtime import dtype_policy, resolve_runtime
+from fertrain.training.schedules import build_schedule
 
 START = time.perf_counter()
 
@@ -218,7 +218,7 @@ def shifted(config: Config, args, log: Log, macs: int) -> None:
 
 def trace(config: Config, args, log: Log, out: Path) -> None:
     """A jax.profiler trace of fertrain's trainer fitting a few steps (after a compiling epoch)."""
-    from fertrain.batches import ArrayBatches
+    from fertrain.training.batches import ArrayBatches
 
     config = with_batch(config, args.profile_batch)
     runtime = resolve_runtime(config.train)

@@ -26,15 +26,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from fertrain.batches import ArrayBatches, class_weights
-from fertrain.callbacks import Stopwatch
 from fertrain.config import Config
 from fertrain.errors import ConfigError
 from fertrain.inference import load_classifier, predict_probabilities
 from fertrain.models.summary import summarize
-from fertrain.runtime import resolve_runtime, seed_everything, versions
-from fertrain.schedules import build_schedule
 from fertrain.training import compile_trainer
+from fertrain.training.batches import ArrayBatches, class_weights
+from fertrain.training.callbacks import Stopwatch
+from fertrain.training.runtime import resolve_runtime, seed_everything, versions
+from fertrain.training.schedules import build_schedule
 
 # Images in FER2013's Training split: one epoch of the real data set.
 FER2013_TRAIN_IMAGES = 28_709

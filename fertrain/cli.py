@@ -229,8 +229,8 @@ def train(
     """
     from fertrain.config import load_config
     from fertrain.errors import ConfigError
-    from fertrain.progress import training_reporter
     from fertrain.training import train as run_training
+    from fertrain.training.progress import training_reporter
 
     if resume is not None and overrides:
         raise ConfigError("--resume continues a run with its own saved config; drop --set")
@@ -415,10 +415,17 @@ EXPORT_EXIT_CODES = (
 
 @app.command(cls=_Command, epilog=EXPORT_EXIT_CODES)
 def export(
-    run_dir: Annotated[
-        str, typer.Argument(metavar="RUN_DIR", help="A run directory written by `fertrain train`.")
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="A run directory written by `fertrain train`; several export as one model averaging "
+            "their probabilities.",
+        ),
     ],
-    export_format: Annotated[ExportFormat, typer.Option("--format", help="Serving format.")],
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", help="Serving format (keras: one .keras file).")
+    ],
     quantize: Annotated[
         Quantization | None,
         typer.Option(help="int8 weights and activations (tflite, onnx), calibrated on 200 training images."),
@@ -429,12 +436,13 @@ def export(
     data: RunDataOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Export a run's model as a TensorFlow SavedModel, a TFLite file or an ONNX file, then check it."""
+    """Export a run's model (or several runs' average) as a SavedModel, TFLite, ONNX or .keras file, then
+    check it."""
     import json
 
     from fertrain.export import export_model
 
-    result = export_model(run_dir, export_format, quantize=quantize, out=out, data_dir=data)
+    result = export_model(run_dirs, export_format, quantize=quantize, out=out, data_dir=data)
     check = result.check
     if json_output:
         typer.echo(json.dumps(result.to_dict()))

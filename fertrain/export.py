@@ -1,5 +1,8 @@
 """`fertrain export`: a run's model as a TensorFlow SavedModel, TFLite or ONNX file, checked after export.
 
+Several runs export as one model averaging their probabilities (`fertrain.models.ensemble`); the
+`keras` format writes such an ensemble as a single `.keras` file.
+
 Every export is checked on the first 200 images of the run's test split: a float export must give
 the Keras model's probabilities within 1e-4 (max absolute difference), an int8 export must agree on
 the top-1 emotion for at least 98% of the images. int8 quantizes weights and activations, calibrated
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -21,8 +24,9 @@ from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, MissingDependencyError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_MODEL_FILE, load_classifier, load_keras_model, model_inputs, run_data_dir
+from fertrain.models.ensemble import average_ensemble
 
-ExportFormat = Literal["savedmodel", "tflite", "onnx"]
+ExportFormat = Literal["savedmodel", "tflite", "onnx", "keras"]
 Quantization = Literal["int8"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 CHECK_IMAGES = 200
@@ -31,7 +35,12 @@ FLOAT_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.98
 ONNX_OPSET = 17
 EXPORT_DIR = "export"
-DEFAULT_NAMES = {"savedmodel": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+DEFAULT_NAMES = {
+    "savedmodel": "saved_model",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+    "keras": "model.keras",
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,14 @@ def _export_savedmodel(model, out: Path) -> Predictor:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    return load_classifier(out).forward
+
+
+def _export_keras(model, out: Path) -> Predictor:
+    from fertrain.training.callbacks import save_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(model, out)
     return load_classifier(out).forward
 
 
@@ -210,46 +227,55 @@ def default_export_path(run_dir: Path, export_format: str, quantize: str | None)
 
 
 def export_model(
-    run_dir: str | Path,
+    run_dirs: str | Path | Sequence[str | Path],
     export_format: str,
     quantize: str | None = None,
     out: str | Path | None = None,
     data_dir: str | Path | None = None,
 ) -> ExportResult:
-    """Exports the run's model.keras to `export_format`, then checks it against the Keras model."""
-    run_dir = Path(run_dir)
+    """Exports the run's model.keras (several runs: their average) to `export_format`, then checks it
+    against the Keras models. The data and the default output path are the first run's."""
+    runs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(run) for run in run_dirs]
+    run_dir = runs[0]
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(
             f"unknown export format {export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
         )
     if quantize not in (None, "int8"):
         raise ConfigError(f"unknown quantization {quantize!r}: expected int8")
-    if quantize and export_format == "savedmodel":
-        raise ConfigError("--quantize int8 needs --format tflite or onnx (a SavedModel stays float)")
-    if not (run_dir / RUN_MODEL_FILE).is_file():
-        raise ModelError(f"{run_dir}: not a run directory (no {RUN_MODEL_FILE})")
+    if quantize and export_format in ("savedmodel", "keras"):
+        raise ConfigError(
+            f"--quantize int8 needs --format tflite or onnx (a {export_format} model stays float)"
+        )
+    for run in runs:
+        if not (run / RUN_MODEL_FILE).is_file():
+            raise ModelError(f"{run}: not a run directory (no {RUN_MODEL_FILE})")
     _require_tensorflow_backend()
     if export_format == "onnx":
         _import_onnx_tools()  # fail before any work when the extra is missing
     data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run_dir)
     check_faces = load_split(data_dir, "test")[0][:CHECK_IMAGES]
 
-    model = load_keras_model(run_dir / RUN_MODEL_FILE)
-    size = int(model.inputs[0].shape[1])
+    members = [load_keras_model(run / RUN_MODEL_FILE) for run in runs]
+    size = int(members[0].inputs[0].shape[1])
     check_inputs = model_inputs(check_faces, size, "raw")
     calibration = None
     if quantize:
         calibration = model_inputs(load_split(data_dir, "train")[0][:CALIBRATION_IMAGES], size, "raw")
 
+    # Each member's own predictions, before the ensemble wraps (and renames) them.
+    reference = np.mean([np.asarray(member.predict(check_inputs, verbose=0)) for member in members], axis=0)
+    model = members[0] if len(members) == 1 else average_ensemble(members)
     out = Path(out) if out is not None else default_export_path(run_dir, export_format, quantize)
-    if export_format == "savedmodel":
+    if export_format == "keras":
+        predictor = _export_keras(model, out)
+    elif export_format == "savedmodel":
         predictor = _export_savedmodel(model, out)
     elif export_format == "tflite":
         predictor = _export_tflite(model, out, calibration)
     else:
         predictor = _export_onnx(model, out, calibration)
 
-    reference = np.asarray(model.predict(check_inputs, verbose=0))
     check = _check(reference, np.asarray(predictor(check_inputs)), quantized=quantize is not None)
     size_bytes = _dir_size(out) if out.is_dir() else out.stat().st_size
     return ExportResult(out, export_format, quantize, size_bytes, check)

@@ -151,13 +151,20 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
 
 
 def _crop_margin(model, input_size: int) -> int:
+    """The margin the network's centre-crop layer cuts off each side (the same in every member of an
+    ensemble), else 0."""
+    import keras
+
     from fertrain.models.xception import CROP_LAYER
 
-    names = {layer.name: layer for layer in model.layers}
-    crop = names.get(CROP_LAYER)
-    if crop is None or not hasattr(crop, "height"):
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]
+    heights = set()
+    for member in members:
+        crop = next((layer for layer in member.layers if layer.name == CROP_LAYER), None)
+        heights.add(None if crop is None else int(crop.height))
+    if len(heights) != 1 or None in heights:
         return 0
-    return (input_size - int(crop.height)) // 2
+    return (input_size - heights.pop()) // 2
 
 
 def _saved_model_classifier(path: Path) -> LoadedModel:

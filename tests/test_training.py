@@ -19,14 +19,14 @@ from cli_main import run_cli
 from sklearn.utils.class_weight import compute_class_weight
 
 import fertrain.models  # noqa: F401  (registers fertrain's layers for load_model)
-from fertrain.augmentation import AugmentedTrainer, RandomErasing, build_augmentation
-from fertrain.batches import ArrayBatches, class_weights
 from fertrain.config import AugmentConfig, TrainConfig, load_config
 from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError
 from fertrain.models import build_model
-from fertrain.runtime import Accelerator, AutoRules, Devices, resolve_runtime
 from fertrain.training import read_history, train
+from fertrain.training.augmentation import AugmentedTrainer, RandomErasing, build_augmentation
+from fertrain.training.batches import ArrayBatches, class_weights
+from fertrain.training.runtime import Accelerator, AutoRules, Devices, resolve_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -207,7 +207,7 @@ def test_same_config_and_seed_twice_give_the_same_history(tmp_path, prepared_sam
 
 
 def expected_rate(schedule: str, step: int, total: int, steps_per_epoch: int) -> float:
-    """The configured schedules written out independently of fertrain.schedules."""
+    """The configured schedules written out independently of fertrain.training.schedules."""
     peak = 0.01
     if schedule == "constant":
         return peak
@@ -556,7 +556,7 @@ def first_epoch_out_of_patience(scores: list[float], patience: int) -> int | Non
 
 
 def test_patience_counters_continue_across_a_resume():
-    from fertrain.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
+    from fertrain.training.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")

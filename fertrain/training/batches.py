@@ -12,9 +12,9 @@ import math
 import keras
 import numpy as np
 
-from fertrain.augmentation import BatchMixer
 from fertrain.config import TrainConfig
 from fertrain.errors import ConfigError
+from fertrain.training.augmentation import BatchMixer
 
 
 class ArrayBatches(keras.utils.PyDataset):

@@ -22,9 +22,19 @@ from typing import Any
 import keras
 import numpy as np
 
-from fertrain.augmentation import AugmentedTrainer, BatchMixer, MultiWorkerTrainer, build_augmentation
-from fertrain.batches import ArrayBatches, class_weights
-from fertrain.callbacks import (
+from fertrain.config import Config, dump_config, load_config
+from fertrain.data.dataset import load_split
+from fertrain.errors import ConfigError, DataError, FileSystemError, ModelError
+from fertrain.fileio import write_atomic
+from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE
+from fertrain.training.augmentation import (
+    AugmentedTrainer,
+    BatchMixer,
+    MultiWorkerTrainer,
+    build_augmentation,
+)
+from fertrain.training.batches import ArrayBatches, class_weights
+from fertrain.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeightsForEvaluation,
     DivergenceGuard,
@@ -41,13 +51,8 @@ from fertrain.callbacks import (
     read_backup_state,
     reporter_callback,
 )
-from fertrain.config import Config, dump_config, load_config
-from fertrain.data.dataset import load_split
-from fertrain.errors import ConfigError, DataError, FileSystemError, ModelError
-from fertrain.fileio import write_atomic
-from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE
-from fertrain.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
-from fertrain.schedules import build_optimizer, build_schedule
+from fertrain.training.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
+from fertrain.training.schedules import build_optimizer, build_schedule
 
 LAST_MODEL = "last.keras"
 BACKUP_DIR = "backup"
