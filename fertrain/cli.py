@@ -230,7 +230,7 @@ def train(
     from fertrain.config import load_config
     from fertrain.errors import ConfigError
     from fertrain.training import train as run_training
-    from fertrain.training.progress import training_reporter
+    from fertrain.training.progress import format_times, training_reporter
 
     if resume is not None and overrides:
         raise ConfigError("--resume continues a run with its own saved config; drop --set")
@@ -258,6 +258,7 @@ def train(
         highlight=False,
         soft_wrap=True,
     )
+    console.print(f"time: {format_times(metrics['time_s'])}", highlight=False, soft_wrap=True)
     console.print(f"wrote {result.run_dir}", highlight=False, soft_wrap=True)
 
 

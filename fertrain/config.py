@@ -271,6 +271,13 @@ class TrainConfig(Section):
     jit_compile: Literal["auto", "on", "off"] = "auto"
     distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     steps_per_execution: int = Field(1, ge=1)
+    checkpoint_every_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="0: last.keras and the resume backup after every epoch; else at most this often "
+        "and after the final epoch (a resumed run redoes the epochs since its last checkpoint; a better "
+        "model.keras waits for the next checkpoint)",
+    )
     ema: float = Field(
         0.0,
         ge=0.0,

@@ -49,6 +49,8 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
         f"{run_metrics['best_val_accuracy']:.4f}",
         f"{run_metrics['best_val_loss']:.4f}",
         f"{run_metrics['wall_time_s']:.4f}",
+        "time_s.compile",  # where the wall time went
+        f"{run_metrics['time_s']['compile']:.4f}",
         f"{run_metrics['train_images_per_s']:.4f}",
         run_metrics["versions"]["tensorflow"],
         run_metrics["backend"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,13 @@ from fertrain.errors import ConfigError
 from fertrain.models import build_model
 from fertrain.training import read_history, train
 from fertrain.training.augmentation import AugmentedTrainer, RandomErasing, build_augmentation
-from fertrain.training.batches import ArrayBatches, class_weights
+from fertrain.training.batches import ArrayBatches, LabelledAccuracy, class_weights
+from fertrain.training.callbacks import (
+    AtomicBackupAndRestore,
+    CheckpointClock,
+    LearningRateLog,
+    ScalarTensorBoard,
+)
 from fertrain.training.runtime import Accelerator, AutoRules, Devices, resolve_runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +46,7 @@ METRICS_FIELDS = {
     "best_val_loss",
     "epochs_run",
     "wall_time_s",
+    "time_s",
     "train_images_per_s",
     "backend",
     "devices",
@@ -73,6 +81,14 @@ def run_fertrain(*args, **env: str) -> subprocess.CompletedProcess:
         timeout=600,
         cwd=REPO,
     )
+
+
+def assert_times_add_up(metrics: dict) -> None:
+    times = metrics["time_s"]
+    assert list(times) == ["startup", "compile", "train", "validate", "checkpoint", "other"]
+    assert all(seconds >= 0 for seconds in times.values()), times
+    assert times["compile"] > 0 and times["train"] > 0 and times["validate"] > 0 and times["checkpoint"] > 0
+    assert sum(times.values()) == pytest.approx(metrics["wall_time_s"], abs=0.01)
 
 
 def model_weights(path: Path) -> list[np.ndarray]:
@@ -122,6 +138,7 @@ def test_one_epoch_on_the_sample_writes_a_complete_run_directory(one_epoch_run, 
     assert metrics["best_val_loss"] == pytest.approx(history[0]["val_loss"])
     assert metrics["train_images"] == 700 and metrics["train_images_per_s"] > 0
     assert metrics["backend"] == "tensorflow"
+    assert_times_add_up(metrics)
     assert set(metrics["versions"]) >= {"python", "tensorflow", "keras", "fertrain"}
 
     # The saved model takes raw uint8 pixels and scores the val split as training measured it.
@@ -139,6 +156,7 @@ def test_one_epoch_on_the_sample_writes_a_complete_run_directory(one_epoch_run, 
     # Not a terminal: exactly one line per epoch, no progress bar.
     assert [line.split("  ")[0] for line in stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/1"]
     assert "\r" not in stdout and "\x1b[" not in stdout
+    assert stdout.splitlines()[-2].startswith("time: startup ")
 
 
 @pytest.mark.slow
@@ -362,6 +380,8 @@ def test_auto_choices():
     assert [rules.jit_compile(d) for d in (cpu, ampere)] == [False, True]
     assert rules.jit_compile(Devices("jax")) is True and rules.jit_compile(Devices("torch")) is False
     assert [rules.distribution(d) for d in (cpu, ampere, pair)] == ["one_device", "one_device", "mirrored"]
+    assert rules.distribution(Devices("jax", pair.gpus)) == "mirrored"
+    assert rules.distribution(Devices("torch", pair.gpus)) == "one_device"
 
     explicit = resolve_runtime(TrainConfig(mixed_precision="bfloat16", jit_compile="on"))
     assert (explicit.mixed_precision, explicit.dtype_policy, explicit.jit_compile) == (
@@ -371,10 +391,21 @@ def test_auto_choices():
     )
 
 
-@pytest.mark.parametrize("distribution", ["mirrored", "multi_worker"])
-def test_tensorflow_only_distribution_refuses_other_backends(monkeypatch, distribution):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ConfigError, match="needs the TensorFlow backend"):
+@pytest.mark.parametrize(
+    ("backend", "distribution", "message"),
+    [
+        (
+            "jax",
+            "multi_worker",
+            "'multi_worker' needs KERAS_BACKEND=tensorflow, got jax; use mirrored (one host)",
+        ),
+        ("torch", "multi_worker", "'multi_worker' needs KERAS_BACKEND=tensorflow, got torch; use one_device"),
+        ("torch", "mirrored", "'mirrored' needs KERAS_BACKEND=tensorflow or jax, got torch; use one_device"),
+    ],
+)
+def test_distributions_refuse_backends_they_do_not_run_on(monkeypatch, backend, distribution, message):
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'train.distribution: {message}')}$"):
         resolve_runtime(TrainConfig(distribution=distribution))
 
 
@@ -576,3 +607,210 @@ def test_patience_counters_continue_across_a_resume():
     # Replayed from the initial 0.1: epochs 2 and 3 did not improve, so the rate was halved once.
     assert (plateau.best, plateau.wait) == (1.0, 0)
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.05)
+
+
+def test_checkpoint_clock_decides_once_per_epoch_and_always_at_the_end():
+    every_epoch = CheckpointClock(0.0, epochs=3)
+    assert [every_epoch.due(epoch, stopping=False) for epoch in range(3)] == [True, True, True]
+    rarely = CheckpointClock(3600.0, epochs=5)
+    assert [rarely.due(epoch, stopping=False) for epoch in range(5)] == [False, False, False, False, True]
+    stopped = CheckpointClock(3600.0, epochs=5)
+    assert stopped.due(1, stopping=True) is True
+    assert stopped.due(1, stopping=False) is True  # each writer of an epoch gets the same answer
+    soon = CheckpointClock(0.05, epochs=5)
+    assert soon.due(0, stopping=False) is False
+    time.sleep(0.06)
+    assert soon.due(1, stopping=False) is True and soon.due(2, stopping=False) is False
+    with soon.timed():
+        time.sleep(0.01)
+    assert soon.seconds >= 0.01
+
+
+def test_padded_validation_batches_keep_the_scores_and_one_shape():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 4, 4), dtype="uint8")
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0], dtype="uint8")
+    batches = ArrayBatches(images, labels, 3, batch_size=4, image_dtype="float32", pad_remainder=True)
+    shapes = {(batches[i][0].shape, batches[i][1].shape, batches[i][2].shape) for i in range(len(batches))}
+    assert len(batches) == 3 and shapes == {((4, 4, 4, 1), (4, 3), (4,))}
+    x, y, w = batches[2]
+    np.testing.assert_allclose(w, [1.2, 1.2, 0.0, 0.0], rtol=1e-6)  # 12 rows for 10 images
+    assert not x[2:].any() and not y[2:].any()
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")]
+    )
+    model.compile(
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=[LabelledAccuracy(name="accuracy")],
+    )
+    padded = model.evaluate(batches, return_dict=True, verbose=0)
+    plain = model.evaluate(
+        images[..., None].astype("float32"), np.eye(3)[labels], batch_size=4, return_dict=True, verbose=0
+    )
+    assert padded["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert padded["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-6)
+
+
+class Killed(Exception):
+    """Stands for SIGKILL in-process: nothing after it runs, nothing is cleaned up."""
+
+
+@pytest.mark.slow
+def test_checkpoints_every_few_epochs_resume_to_the_result_of_every_epoch(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", train_size=64)
+    overrides = ("train.epochs=5", "data.batch_size=16", "train.deterministic=true", "model.dropout=0.2")
+    every_epoch = train(tiny_config(data, *overrides), run_dir=tmp_path / "every")
+
+    # Checkpoints after epochs 2 and 5 (the last) only, and a kill in epoch 4 just before its backup
+    # would have been due: epochs 3 and 4 are in history but not in the backup.
+    monkeypatch.setattr(
+        CheckpointClock, "due", lambda self, epoch, stopping: epoch + 1 in (2, self.epochs) or stopping
+    )
+    save_backup = AtomicBackupAndRestore._save_model
+
+    def killed_in_epoch_4(self):
+        if self._current_epoch == 4:
+            raise Killed
+        save_backup(self)
+
+    monkeypatch.setattr(AtomicBackupAndRestore, "_save_model", killed_in_epoch_4)
+    throttled = tmp_path / "throttled"
+    config = tiny_config(data, *overrides, "train.checkpoint_every_s=3600")
+    with pytest.raises(Killed):
+        train(config, run_dir=throttled)
+    assert [row["epoch"] for row in read_history(throttled / "history.csv")] == [1, 2, 3, 4]
+    assert json.loads((throttled / "backup" / "state.json").read_text())["epoch"] == 2
+    # Neither file holds an epoch the resume redoes; an improvement since waits aside.
+    backup_time = (throttled / "backup" / "state.json").stat().st_mtime_ns
+    for name in ("model.keras", "last.keras"):
+        assert (throttled / name).stat().st_mtime_ns <= backup_time, name
+
+    monkeypatch.setattr(AtomicBackupAndRestore, "_save_model", save_backup)
+    resumed = train(resume=throttled)
+    assert resumed.resumed_from_epoch == 2
+    assert [row["epoch"] for row in read_history(throttled / "history.csv")] == [1, 2, 3, 4, 5]
+    assert read_history(throttled / "history.csv") == read_history(every_epoch.run_dir / "history.csv")
+    for name in ("last.keras", "model.keras"):
+        for a, b in zip(
+            model_weights(every_epoch.run_dir / name), model_weights(throttled / name), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in throttled.iterdir()) == sorted(
+        p.name for p in every_epoch.run_dir.iterdir()
+    )
+    assert_times_add_up(every_epoch.metrics)
+    assert_times_add_up(resumed.metrics)  # over both sessions
+    assert resumed.metrics["time_s"]["startup"] > every_epoch.metrics["time_s"]["startup"]
+
+
+def tensorboard_scalars(log_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{"train": {tag: [(step, value), ...]}, "validation": {...}} read back from the event files."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    found = {}
+    for run in ("train", "validation"):
+        events = EventAccumulator(str(log_dir / run))
+        events.Reload()
+        found[run] = {
+            tag: [(event.step, float(make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]
+        }
+    return found
+
+
+def test_tensorboardx_writes_what_keras_tensorboard_writes(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = np.eye(2, dtype="float32")[(x[:, 0] > 0).astype(int)]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, "softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=3,
+        batch_size=8,
+        verbose=0,
+        callbacks=[
+            LearningRateLog(0.1),
+            keras.callbacks.TensorBoard(str(tmp_path / "keras"), write_graph=False, profile_batch=0),
+            ScalarTensorBoard(tmp_path / "tensorboardx"),
+        ],
+    )
+    theirs, ours = tensorboard_scalars(tmp_path / "keras"), tensorboard_scalars(tmp_path / "tensorboardx")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(ours["train"])
+    assert {"epoch_loss", "epoch_accuracy", "evaluation_loss_vs_iterations"} <= set(ours["validation"])
+    for run in ("train", "validation"):
+        assert set(ours[run]) == set(theirs[run]), run
+        for tag, points in theirs[run].items():
+            assert [step for step, _ in ours[run][tag]] == [step for step, _ in points], tag
+            np.testing.assert_allclose([v for _, v in ours[run][tag]], [v for _, v in points], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_without_tensorflow_still_writes_tensorboard_logs(tmp_path, monkeypatch):
+    import fertrain.training.loop
+
+    monkeypatch.setattr(fertrain.training.loop, "_tensorflow_available", lambda: False)
+    data = make_dataset(tmp_path / "data", train_size=32)
+    result = train(tiny_config(data, "train.epochs=2", "data.batch_size=16"), run_dir=tmp_path / "run")
+    scalars = tensorboard_scalars(result.run_dir / "tensorboard")
+    history = read_history(result.run_dir / "history.csv")
+    for run, prefix in (("train", ""), ("validation", "val_")):
+        for metric in ("loss", "accuracy"):
+            logged = scalars[run][f"epoch_{metric}"]
+            assert [step for step, _ in logged] == [0, 1]
+            np.testing.assert_allclose(
+                [v for _, v in logged], [row[prefix + metric] for row in history], rtol=1e-6
+            )
+    assert [v for _, v in scalars["train"]["epoch_learning_rate"]] == pytest.approx([1e-3, 1e-3])
+    assert result.notes == ()
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_over_two_devices_matches_one_device(tmp_path, prepared_sample):
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    cache = tmp_path / "cache"
+    jax_env = {
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XDG_CACHE_HOME": str(cache),
+        # Also keep the tiny model's quick compilations, so that the cache shows up on CPU.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    args = train_args(prepared_sample, "train.epochs=2")
+    runs = {}
+    for distribution in ("one_device", "mirrored"):
+        run_dir = tmp_path / distribution
+        done = run_fertrain(
+            *args, "--set", f"train.distribution={distribution}", "--run-dir", run_dir, **jax_env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[distribution] = run_dir
+    assert json.loads((runs["mirrored"] / "metrics.json").read_text())["distribution"] == "mirrored"
+    one, two = (read_history(runs[d] / "history.csv") for d in ("one_device", "mirrored"))
+    for column in ("loss", "val_loss"):
+        np.testing.assert_allclose([r[column] for r in two], [r[column] for r in one], rtol=1e-3)
+    # Rounding differs with the summation order across devices: a near-tie may flip for a face or two.
+    for column in ("accuracy", "val_accuracy"):
+        np.testing.assert_allclose([r[column] for r in two], [r[column] for r in one], atol=2.01 / 196)
+    for a, b in zip(
+        model_weights(runs["one_device"] / "last.keras"),
+        model_weights(runs["mirrored"] / "last.keras"),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)
+    assert any((cache / "fertrain" / "jax").iterdir())
+
+    odd = run_fertrain(
+        *args, "--set", "train.distribution=mirrored", "--set", "data.batch_size=33", **jax_env
+    )
+    _one_line_error(
+        odd.returncode, odd.stderr, "data.batch_size: 33 does not split evenly across the 2 devices"
+    )

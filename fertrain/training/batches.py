@@ -24,6 +24,11 @@ class ArrayBatches(keras.utils.PyDataset):
     (mixup/CutMix) makes them float32 blends and the labels soft.
     `drop_remainder` leaves out the last partial batch (different images each shuffled epoch): under
     XLA every new batch shape is another compilation, which costs more than the images are worth.
+    `pad_remainder` instead fills the last batch up with blank rows (no label, weight 0), for
+    validation (no class weights, no mixer), which must see every image. Each real row then weighs
+    (padded rows / real rows), so that Keras' loss, a mean over all rows of a batch, averages to the
+    mean over the real ones; `LabelledAccuracy` leaves the blank rows out. One batch shape is one
+    compilation, and it splits evenly across the devices of JAX data parallelism.
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class ArrayBatches(keras.utils.PyDataset):
         class_weights: np.ndarray | None = None,
         image_dtype: str = "uint8",
         drop_remainder: bool = False,
+        pad_remainder: bool = False,
         mixer: BatchMixer | None = None,
         **kwargs,
     ):
@@ -45,6 +51,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder and len(labels) >= batch_size
         self.labels = labels
         self.batch_size = batch_size
+        self.pad_remainder = pad_remainder
         self.shuffle_seed = shuffle_seed
         self.class_weights = None if class_weights is None else class_weights.astype("float32")
         self.one_hot = np.eye(num_classes, dtype="float32")
@@ -76,9 +83,27 @@ class ArrayBatches(keras.utils.PyDataset):
         batch = (self.images[rows][..., None].astype(self.image_dtype, copy=False), self.one_hot[labels])
         if self.class_weights is not None:
             batch = (*batch, self.class_weights[labels])
+        if self.pad_remainder:
+            return self._padded(*batch)
         if self.mixer is None:
             return batch
         return self.mixer(np.random.default_rng([self.shuffle_seed or 0, self.epoch, index]), *batch)
+
+    def _padded(self, images: np.ndarray, labels: np.ndarray):
+        blank = self.batch_size - len(labels)
+        weights = np.zeros(self.batch_size, dtype="float32")
+        weights[: len(labels)] = len(self) * self.batch_size / len(self.labels)
+        images = np.concatenate([images, np.zeros((blank, *images.shape[1:]), images.dtype)])
+        return images, np.concatenate([labels, np.zeros((blank, labels.shape[1]), labels.dtype)]), weights
+
+
+class LabelledAccuracy(keras.metrics.CategoricalAccuracy):
+    """Categorical accuracy of the rows that have a label: the blank rows padding a last validation
+    batch (all-zero labels) do not count. Keras gives `metrics` no sample weights, so these rows
+    weigh by their label mass: 1 for one-hot and mixed labels alike."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true, y_pred, sample_weight=keras.ops.sum(y_true, axis=-1))
 
 
 def class_weights(train: TrainConfig, labels: np.ndarray, num_classes: int) -> np.ndarray | None:

@@ -1,16 +1,18 @@
 """Keras callbacks of a training run, each made safe to kill at any moment and to resume.
 
-Resume rules: every epoch-end file is written atomically, the backup is written last, and callbacks
-with memory (best score, patience counters) rebuild it from the history rows that the backup covers.
+Resume rules: every epoch-end file is written atomically, the backup is written last (at each
+checkpoint: every epoch, or every `train.checkpoint_every_s`), and callbacks with memory (best score,
+patience counters) rebuild it from the history rows that the backup covers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,25 +67,91 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch + 1, logs)
 
 
-class NetworkCheckpoints(keras.callbacks.Callback):
-    """Saves the bare network (no augmentation, no optimizer) as `last` every epoch and as `best`
-    when the monitored validation score improves; each file is replaced atomically."""
+class CheckpointClock:
+    """Decides which epochs end with a checkpoint (`last.keras`, a better `model.keras`, the resume
+    backup) and adds up the seconds spent writing them.
 
-    def __init__(self, network: keras.Model, best_path: Path, last_path: Path, past: History, monitor: str):
+    A resume starts from the last checkpoint and redoes the epochs after it: checkpointing every
+    `every_s` seconds instead of every epoch trades redone epochs after a kill for time not spent
+    saving a large model. The final epoch always ends with one.
+    """
+
+    def __init__(self, every_s: float, epochs: int):
+        self.every_s = every_s
+        self.epochs = epochs
+        self.seconds = 0.0
+        self._last = time.perf_counter()
+        self._decision: tuple[int, bool] | None = None
+
+    def due(self, epoch: int, stopping: bool) -> bool:
+        """Whether `epoch` ends with a checkpoint; asked by each writer, decided once per epoch."""
+        if self._decision is None or self._decision[0] != epoch:
+            now = time.perf_counter()
+            due = stopping or epoch + 1 >= self.epochs or now - self._last >= self.every_s
+            if due:
+                self._last = now
+            self._decision = (epoch, due)
+        return self._decision[1]
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class NetworkCheckpoints(keras.callbacks.Callback):
+    """Saves the bare network (no augmentation, no optimizer) as `last` at each checkpoint and as
+    `best` when the monitored validation score improves; each file is replaced atomically.
+
+    An improvement between checkpoints goes to a pending file that the next checkpoint moves to
+    `best`, so `best` never holds an epoch that a resume redoes (and may score differently).
+    Must come after early stopping, whose stop makes the epoch the last, so a checkpoint.
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        best_path: Path,
+        last_path: Path,
+        past: History,
+        monitor: str,
+        clock: CheckpointClock,
+    ):
         super().__init__()
         self.network = network
         self.best_path = best_path
+        self.pending_path = best_path.with_name(f".{best_path.stem}.pending{best_path.suffix}")
         self.last_path = last_path
         self.monitor = monitor
+        self.clock = clock
         scores = [row[monitor] for row in past if math.isfinite(row.get(monitor, math.nan))]
         self.best = max(scores, default=-math.inf)
 
+    def on_train_begin(self, logs=None):
+        # Left by a killed session after its last checkpoint: this session redoes that epoch.
+        self.pending_path.unlink(missing_ok=True)
+
     def on_epoch_end(self, epoch, logs=None):
-        save_atomic(self.network, self.last_path)
+        checkpoint = self.clock.due(epoch, self.model.stop_training)
         score = logs.get(self.monitor, math.nan)
-        if score > self.best:
+        improved = score > self.best
+        if improved:
             self.best = score
-            save_atomic(self.network, self.best_path)
+        with self.clock.timed():
+            if not checkpoint:
+                if improved:
+                    save_atomic(self.network, self.pending_path)
+                return
+            if improved:
+                save_atomic(self.network, self.best_path)
+                self.pending_path.unlink(missing_ok=True)
+            elif self.pending_path.is_file():
+                with writing(self.best_path):
+                    os.replace(self.pending_path, self.best_path)
+            save_atomic(self.network, self.last_path)
 
 
 def save_atomic(model: keras.Model, path: Path) -> None:
@@ -183,6 +251,10 @@ class DivergenceGuard(keras.callbacks.Callback):
     the backup ever record the diverged epoch.
     """
 
+    # Under JAX and PyTorch Keras then checks each batch in a thread while the next steps run, and
+    # re-raises the error before the epoch ends; otherwise every step would wait for its loss.
+    async_safe = True
+
     def __init__(self):
         super().__init__()
         self.epoch = 0
@@ -197,6 +269,47 @@ class DivergenceGuard(keras.callbacks.Callback):
                 f"training diverged: loss became {float(loss)} in epoch {self.epoch + 1}, batch {batch + 1}; "
                 "lower train.optimizer.learning_rate or turn on warm-up"
             )
+
+
+class ScalarTensorBoard(keras.callbacks.Callback):
+    """The scalars of Keras' TensorBoard callback, written with tensorboardX: for backends without
+    TensorFlow, whose tf.summary Keras' callback writes with.
+
+    Same layout and tags: `epoch_<metric>` per epoch under train/ and validation/ (without `val_`),
+    and `evaluation_<metric>_vs_iterations` under validation/ at each validation's end.
+    """
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            from tensorboardX import SummaryWriter
+
+            self._writers[name] = SummaryWriter(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_test_end(self, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        for name, value in (logs or {}).items():
+            self._writer("validation").add_scalar(f"evaluation_{name}_vs_iterations", value, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            if name.startswith("val_"):
+                self._writer("validation").add_scalar(f"epoch_{name[4:]}", value, epoch)
+            else:
+                self._writer("train").add_scalar(f"epoch_{name}", value, epoch)
+        # A killed run keeps its curves up to its last epoch.
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class TrainingReporter(Protocol):
@@ -240,23 +353,47 @@ def reporter_callback(reporter: TrainingReporter, epochs: int, steps: int) -> ke
 
 
 class Stopwatch(keras.callbacks.Callback):
-    """Wall time of each epoch and of its training phase (up to validation), for throughput."""
+    """Where a session's time goes: each epoch's training phase (up to validation), for throughput,
+    and the parts of metrics.json's `time_s`. Must come first, so that `fit`'s start is its start."""
 
-    def __init__(self, images_per_epoch: int):
+    def __init__(self, images_per_epoch: int, session_start: float | None = None):
         super().__init__()
         self.images_per_epoch = images_per_epoch
+        self.session_start = time.perf_counter() if session_start is None else session_start
         self.epoch_seconds: list[float] = []
         self.train_seconds: list[float] = []
-        self._epoch_start = self._train_end = None
+        self.validate_seconds = 0.0
+        self.fit_start = self.first_step_seconds = None
+        self._epoch_start = self._train_end = self._test_start = self._first_step_start = None
+
+    def on_train_begin(self, logs=None):
+        self.fit_start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start, self._train_end = time.perf_counter(), None
 
+    # A batch-begin hook, unlike a batch-end one, leaves Keras' asynchronous step dispatch on.
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._first_step_start is None:
+            self._first_step_start = time.perf_counter()
+        else:
+            self._first_step_ended()
+
+    def _first_step_ended(self) -> None:
+        if self._first_step_start is not None and self.first_step_seconds is None:
+            self.first_step_seconds = time.perf_counter() - self._first_step_start
+
     def on_test_begin(self, logs=None):
+        self._first_step_ended()
+        self._test_start = time.perf_counter()
         if self._epoch_start is not None and self._train_end is None:
-            self._train_end = time.perf_counter()
+            self._train_end = self._test_start
+
+    def on_test_end(self, logs=None):
+        self.validate_seconds += time.perf_counter() - self._test_start
 
     def on_epoch_end(self, epoch, logs=None):
+        self._first_step_ended()
         now = time.perf_counter()
         self.epoch_seconds.append(now - self._epoch_start)
         self.train_seconds.append((self._train_end or now) - self._epoch_start)
@@ -268,6 +405,21 @@ class Stopwatch(keras.callbacks.Callback):
         if not seconds:
             return None
         return round(self.images_per_epoch * len(seconds) / sum(seconds), 1)
+
+    def time_parts(self, session_seconds: float, checkpoint_seconds: float) -> dict[str, float]:
+        """The session's seconds between completed epochs, split into disjoint parts: up to `fit`
+        (config, data, model), the first training step (tracing, compilation), the other training
+        steps, validation, checkpoint writes, and the rest (epoch-end logs, restoring a backup)."""
+        compile_seconds = self.first_step_seconds or 0.0
+        parts = {
+            "startup": self.fit_start - self.session_start,
+            "compile": compile_seconds,
+            "train": sum(self.train_seconds) - compile_seconds,
+            "validate": self.validate_seconds,
+            "checkpoint": checkpoint_seconds,
+        }
+        parts["other"] = session_seconds - sum(parts.values())
+        return parts
 
 
 class EpochEndHook(keras.callbacks.Callback):
@@ -288,10 +440,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     POINTER = "state.json"
+    # Its batch hook does nothing with save_freq="epoch"; Keras would otherwise sync after every step.
+    async_safe = True
 
-    def __init__(self, backup_dir: Path):
+    def __init__(self, backup_dir: Path, clock: CheckpointClock):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.backup_path = Path(backup_dir)
+        self.clock = clock
 
     def _load_model(self):
         state = read_backup_state(self.backup_path)
@@ -303,6 +458,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = state["epoch"]
 
     def _save_model(self):
+        if self.clock.due(self._current_epoch - 1, self.model.stop_training):
+            with self.clock.timed():
+                self._write_backup()
+
+    def _write_backup(self):
         self.backup_path.mkdir(parents=True, exist_ok=True)
         previous = read_backup_state(self.backup_path)
         weights = f"epoch-{self._current_epoch:05d}.weights.h5"

@@ -2,11 +2,12 @@
 
 A run directory holds the resolved `config.yaml`, `model.keras` (best validation accuracy),
 `last.keras`, `history.csv`, `metrics.json`, `tensorboard/`, and while training runs `backup/`
-(weights, optimizer state and epoch count of the last completed epoch).
+(weights, optimizer state and epoch count of the last checkpoint, which `last.keras` also holds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -33,10 +34,11 @@ from fertrain.training.augmentation import (
     MultiWorkerTrainer,
     build_augmentation,
 )
-from fertrain.training.batches import ArrayBatches, class_weights
+from fertrain.training.batches import ArrayBatches, LabelledAccuracy, class_weights
 from fertrain.training.callbacks import (
     AtomicBackupAndRestore,
     AveragedWeightsForEvaluation,
+    CheckpointClock,
     DivergenceGuard,
     EpochEndHook,
     EpochSeeding,
@@ -46,6 +48,7 @@ from fertrain.training.callbacks import (
     NetworkCheckpoints,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
+    ScalarTensorBoard,
     Stopwatch,
     TrainingReporter,
     read_backup_state,
@@ -112,8 +115,6 @@ def train(
     notes = list(job.notes)
     if not job.runtime.is_chief:
         notes.append(f"worker {job.runtime.worker_index}: the chief (worker 0) wrote the run")
-    elif not _tensorboard_available():
-        notes.append("no TensorBoard logs: Keras writes them with TensorFlow, which is not installed")
     return TrainingResult(
         run_dir=output_dir if job.runtime.is_chief else None,
         metrics=metrics,
@@ -167,6 +168,12 @@ def _resolve_config(config: Config | None, run_dir: str | Path | None, resume: s
 
 def _prepare_job(config: Config) -> TrainingJob:
     runtime = resolve_runtime(config.train)
+    if config.data.batch_size % runtime.batch_shards:
+        raise ConfigError(
+            f"data.batch_size: {config.data.batch_size} does not split evenly across the "
+            f"{runtime.batch_shards} devices of train.distribution {runtime.distribution!r}; "
+            f"use a multiple of {runtime.batch_shards}"
+        )
     seed_everything(config.train.seed, config.train.deterministic)
     splits = _load_splits(config)
     image_dtype = runtime.batch_image_dtype
@@ -183,17 +190,21 @@ def _prepare_job(config: Config) -> TrainingJob:
         mixer=BatchMixer.from_config(config.data.augment),
     )
     val_batches = ArrayBatches(
-        splits.val_images, splits.val_labels, classes, batch_size, image_dtype=image_dtype
+        splits.val_images, splits.val_labels, classes, batch_size, image_dtype=image_dtype, pad_remainder=True
     )
     schedule = build_schedule(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
     trainer = compile_trainer(config, runtime, schedule, train_batches[0])
-    notes = ()
+    notes = []
     if runtime.jit_compile and not trainer.jit_compile:
-        notes = (f"XLA off: {_xla_blocker(runtime, trainer)}",)
+        notes.append(f"XLA off: {_xla_blocker(runtime, trainer)}")
         runtime = replace(runtime, jit_compile=False)
-    return TrainingJob(config, runtime, splits, train_batches, val_batches, schedule, trainer, notes)
+    if config.train.checkpoint_every_s and runtime.distribution == "multi_worker":
+        notes.append(
+            "train.checkpoint_every_s ignored: multi_worker workers checkpoint together, every epoch"
+        )
+    return TrainingJob(config, runtime, splits, train_batches, val_batches, schedule, trainer, tuple(notes))
 
 
 def _fit(
@@ -205,27 +216,42 @@ def _fit(
 ) -> dict[str, Any]:
     """Runs `fit` from epoch `completed`; returns the final metrics.json contents."""
     past = _truncate_history(output_dir / RUN_HISTORY_FILE, completed)
-    previous_wall = _read_metrics(output_dir).get("wall_time_s", 0.0) if completed else 0.0
-    stopwatch = Stopwatch(job.train_batches.images_per_epoch)
+    previous = _read_metrics(output_dir) if completed else {}
+    stopwatch = Stopwatch(job.train_batches.images_per_epoch, session_start)
+    # Workers of a multi_worker run write collectively: a decision by each one's clock could differ.
+    every_s = 0.0 if job.runtime.distribution == "multi_worker" else job.config.train.checkpoint_every_s
+    clock = CheckpointClock(every_s, job.config.train.epochs)
 
     def write_metrics(finished: bool = False) -> dict[str, Any]:
-        wall_time_s = previous_wall + time.perf_counter() - session_start
-        return _write_metrics(output_dir, job, stopwatch, wall_time_s, finished)
+        session_seconds = time.perf_counter() - session_start
+        times = _add_times(previous, stopwatch.time_parts(session_seconds, clock.seconds))
+        return _write_metrics(output_dir, job, stopwatch, times, finished)
 
-    callbacks = _callbacks(job, output_dir, past, stopwatch, lambda epoch, logs: write_metrics())
-    if reporter is not None:
-        callbacks.insert(0, reporter_callback(reporter, job.config.train.epochs, len(job.train_batches)))
-    job.trainer.fit(
-        job.train_batches,
-        validation_data=job.val_batches,
-        epochs=job.config.train.epochs,
-        callbacks=callbacks,
-        # ArrayBatches shuffles from (seed, epoch); Keras' own batch shuffle draws from the
-        # process-global `random` state, which a resumed process does not share.
-        shuffle=False,
-        verbose=0,
-    )
+    callbacks = _callbacks(job, output_dir, past, stopwatch, clock, lambda epoch, logs: write_metrics())
+    if reporter is not None:  # after the stopwatch, which must be first
+        callbacks.insert(1, reporter_callback(reporter, job.config.train.epochs, len(job.train_batches)))
+    # Keras-on-JAX finds its distribution (the devices a batch is split across) in the global scope
+    # while fitting; a tf.distribute strategy travels with the compiled trainer instead.
+    with job.runtime.scope() if job.runtime.backend == "jax" else contextlib.nullcontext():
+        job.trainer.fit(
+            job.train_batches,
+            validation_data=job.val_batches,
+            epochs=job.config.train.epochs,
+            callbacks=callbacks,
+            # ArrayBatches shuffles from (seed, epoch); Keras' own batch shuffle draws from the
+            # process-global `random` state, which a resumed process does not share.
+            shuffle=False,
+            verbose=0,
+        )
     return write_metrics(finished=True)
+
+
+def _add_times(previous: dict[str, Any], session: dict[str, float]) -> dict[str, float]:
+    """`time_s` of all sessions of the run so far; `other` keeps the parts summing to the wall time."""
+    earlier = previous.get("time_s", {})
+    times = {part: earlier.get(part, 0.0) + seconds for part, seconds in session.items()}
+    times["other"] += previous.get("wall_time_s", 0.0) - sum(earlier.values())
+    return times
 
 
 def read_run_config(run_dir: str | Path) -> Config:
@@ -280,7 +306,7 @@ def compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) -
         trainer.compile(
             optimizer=build_optimizer(config.train, schedule),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            metrics=[LabelledAccuracy(name="accuracy")],
             jit_compile=runtime.jit_compile and _xla_blocker(runtime, trainer) is None,
             steps_per_execution=config.train.steps_per_execution,
         )
@@ -375,14 +401,16 @@ def _callbacks(
     output_dir: Path,
     past: History,
     stopwatch: Stopwatch,
+    clock: CheckpointClock,
     record_epoch: Callable[[int, dict[str, Any]], None],
 ) -> list[keras.callbacks.Callback]:
-    """Order matters: epoch-end logs are completed before they are written, and the backup is last."""
+    """Order matters: epoch-end logs are completed before they are written, early stopping decides
+    before the checkpoints, and the backup is last."""
     train = job.config.train
     callbacks: list[keras.callbacks.Callback] = [
+        stopwatch,
         EpochSeeding(job.train_batches, train.seed),
         DivergenceGuard(),
-        stopwatch,
         LearningRateLog(job.schedule),
     ]
     if train.schedule.name == "reduce_on_plateau":
@@ -397,29 +425,31 @@ def _callbacks(
                 min_lr=train.schedule.min_learning_rate,
             )
         )
-    callbacks += [
-        HistoryCSV(str(output_dir / RUN_HISTORY_FILE), append=True),
-        NetworkCheckpoints(
-            job.trainer.network, output_dir / RUN_MODEL_FILE, output_dir / LAST_MODEL, past, MONITOR
-        ),
-    ]
+    callbacks.append(HistoryCSV(str(output_dir / RUN_HISTORY_FILE), append=True))
     if train.early_stopping_patience:
         callbacks.append(
             ResumableEarlyStopping(past, monitor=MONITOR, mode="max", patience=train.early_stopping_patience)
         )
-    if _tensorboard_available():
+    callbacks.append(
+        NetworkCheckpoints(
+            job.trainer.network, output_dir / RUN_MODEL_FILE, output_dir / LAST_MODEL, past, MONITOR, clock
+        )
+    )
+    if _tensorflow_available():
         callbacks.append(
             keras.callbacks.TensorBoard(str(output_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0)
         )
+    else:
+        callbacks.append(ScalarTensorBoard(output_dir / TENSORBOARD_DIR))
     if train.ema:
         callbacks.append(AveragedWeightsForEvaluation())
-    callbacks += [EpochEndHook(record_epoch), AtomicBackupAndRestore(output_dir / BACKUP_DIR)]
+    callbacks += [EpochEndHook(record_epoch), AtomicBackupAndRestore(output_dir / BACKUP_DIR, clock)]
     return callbacks
 
 
-def _tensorboard_available() -> bool:
+def _tensorflow_available() -> bool:
     try:
-        import tensorflow  # noqa: F401  (Keras writes TensorBoard summaries with tf.summary)
+        import tensorflow  # noqa: F401  (Keras' TensorBoard callback writes with tf.summary)
     except ImportError:
         return False
     return True
@@ -436,7 +466,7 @@ def _read_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_metrics(
-    output_dir: Path, job: TrainingJob, stopwatch: Stopwatch, wall_time_s: float, finished: bool
+    output_dir: Path, job: TrainingJob, stopwatch: Stopwatch, times: dict[str, float], finished: bool
 ) -> dict[str, Any]:
     history = read_history(output_dir / RUN_HISTORY_FILE)
     scores = [row.get(MONITOR, math.nan) for row in history]
@@ -449,7 +479,8 @@ def _write_metrics(
         "epochs_run": len(history),
         "epochs_planned": job.config.train.epochs,
         "stopped_early": finished and len(history) < job.config.train.epochs,
-        "wall_time_s": round(wall_time_s, 3),
+        "wall_time_s": round(sum(times.values()), 3),
+        "time_s": {part: round(seconds, 3) for part, seconds in times.items()},
         "train_images_per_s": stopwatch.train_images_per_s(),
         **job.splits.sizes(),
         **job.runtime.summary(),

@@ -28,6 +28,14 @@ def format_metrics(logs: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def format_times(time_s: dict[str, float]) -> str:
+    """metrics.json's `time_s`, e.g. `startup 4s, compile 87s, train 100s, ...`."""
+    return ", ".join(
+        f"{part} {seconds:.0f}s" if seconds >= 10 else f"{part} {seconds:.1f}s"
+        for part, seconds in time_s.items()
+    )
+
+
 class EpochLines:
     """Exactly one line per finished epoch: for logs and CI, where a live bar would be noise."""
 

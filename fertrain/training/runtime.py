@@ -21,8 +21,9 @@ from fertrain import __version__
 from fertrain.config import TrainConfig
 from fertrain.errors import ConfigError
 
-# Distributions implemented with tf.distribute, so only under the TensorFlow backend.
-TF_DISTRIBUTIONS = ("mirrored", "multi_worker")
+# The backends each distribution runs under: tf.distribute's strategies, and for `mirrored` also
+# Keras' DataParallel under JAX.
+DISTRIBUTION_BACKENDS = {"mirrored": ("tensorflow", "jax"), "multi_worker": ("tensorflow",)}
 # Keras dtype policies for each `mixed_precision` value.
 POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -54,7 +55,7 @@ class AutoRules:
       on GPUs XLA fuses the many small depthwise/pointwise kernels and wins.
     - bfloat16 needs no loss scaling and is native from Ampere (compute capability 8.0) on;
       older GPUs get float16 with dynamic loss scaling (Keras wraps the optimizer itself).
-    - Several GPUs on one host: synchronous data parallelism (MirroredStrategy).
+    - Several GPUs on one host: synchronous data parallelism (MirroredStrategy, or DataParallel under JAX).
     """
 
     jit_compile_on_cpu: bool = False
@@ -80,7 +81,10 @@ class AutoRules:
         return self.jit_compile_on_gpu if devices.gpus else self.jit_compile_on_cpu
 
     def distribution(self, devices: Devices) -> str:
-        if devices.backend == "tensorflow" and len(devices.gpus) >= self.mirrored_min_gpus:
+        if (
+            devices.backend in DISTRIBUTION_BACKENDS["mirrored"]
+            and len(devices.gpus) >= self.mirrored_min_gpus
+        ):
             return "mirrored"
         return "one_device"
 
@@ -97,7 +101,10 @@ class Runtime:
     deterministic: bool
     worker_index: int = 0
     num_workers: int = 1
+    # The tf.distribute strategy, or under JAX the Keras distribution, whose scope distributes the run.
     strategy: Any = field(default=None, repr=False, compare=False)
+    # Devices each batch is cut into equal parts for (JAX data parallelism; tf.distribute splits any batch).
+    batch_shards: int = 1
 
     @property
     def dtype_policy(self) -> str:
@@ -110,7 +117,7 @@ class Runtime:
         Under tf.distribute, Keras averages a first batch across replicas to build the model, which
         fails for integer tensors; float16 carries 0-255 exactly at twice uint8's size.
         """
-        return "uint8" if self.strategy is None else "float16"
+        return "float16" if self.backend == "tensorflow" and self.strategy is not None else "uint8"
 
     @property
     def is_chief(self) -> bool:
@@ -181,11 +188,15 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
     TensorFlow runtime starts.
     """
     backend = keras.backend.backend()
-    if train_config.distribution in TF_DISTRIBUTIONS and backend != "tensorflow":
+    allowed = DISTRIBUTION_BACKENDS.get(train_config.distribution)
+    if allowed is not None and backend not in allowed:
+        instead = "mirrored (one host)" if backend in DISTRIBUTION_BACKENDS["mirrored"] else "one_device"
         raise ConfigError(
-            f"train.distribution: {train_config.distribution!r} uses tf.distribute, which needs the "
-            f"TensorFlow backend (KERAS_BACKEND={backend}); use one_device"
+            f"train.distribution: {train_config.distribution!r} needs KERAS_BACKEND={' or '.join(allowed)}, "
+            f"got {backend}; use {instead}"
         )
+    if backend == "jax":
+        _keep_jax_compilations()
     if train_config.distribution == "multi_worker":
         # Only the strategy may touch TensorFlow first; device queries would start the runtime.
         strategy, worker_index, num_workers = _multi_worker_strategy()
@@ -196,7 +207,7 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
         distribution = (
             rules.distribution(devices) if train_config.distribution == "auto" else train_config.distribution
         )
-        strategy, worker_index, num_workers = _single_host_strategy(distribution), 0, 1
+        strategy, worker_index, num_workers = _single_host_strategy(distribution, backend), 0, 1
     mixed_precision = (
         rules.mixed_precision(devices)
         if train_config.mixed_precision == "auto"
@@ -213,15 +224,31 @@ def resolve_runtime(train_config: TrainConfig, rules: AutoRules = AutoRules()) -
         worker_index=worker_index,
         num_workers=num_workers,
         strategy=strategy,
+        batch_shards=strategy.device_mesh.devices.size if backend == "jax" and strategy else 1,
     )
 
 
-def _single_host_strategy(distribution: str) -> Any:
+def _single_host_strategy(distribution: str, backend: str) -> Any:
     if distribution == "one_device":
         return None
+    if backend == "jax":
+        # Replicates the variables on every local device and splits each global batch across them.
+        return keras.distribution.DataParallel()
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
+
+
+def _keep_jax_compilations() -> None:
+    """Turns on JAX's persistent compilation cache unless the user chose one: a rerun with the same
+    model and batch shapes loads XLA's programs instead of compiling them again (Xception's first
+    step compiles for about 90 s on an H100)."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "fertrain", "jax"))
 
 
 def _multi_worker_strategy() -> tuple[Any, int, int]:
