@@ -127,7 +127,7 @@ BAD_YAML = [
     ),
     (
         "model:\n  input_size: 8\n  stem_widths: [8, 8, 8, 8]\n  stem_strides: [1, 1, 1, 1]\n",
-        "model.stem_strides: must leave at least 1 pixel of the 8px input after the 3x3 'valid' stem convs, "
+        "model.stem_strides: must leave at least 1 pixel of the 8px image the stem sees after the 3x3 'valid' stem convs, "
         "got [1, 1, 1, 1]",
     ),
     (
