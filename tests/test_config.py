@@ -127,8 +127,8 @@ BAD_YAML = [
     ),
     (
         "model:\n  input_size: 8\n  stem_widths: [8, 8, 8, 8]\n  stem_strides: [1, 1, 1, 1]\n",
-        "model.stem_strides: must leave at least 1 pixel of the 8px image the stem sees after the 3x3 'valid' stem convs, "
-        "got [1, 1, 1, 1]",
+        "model.stem_strides: must leave at least 1 pixel of the 8px image the stem sees "
+        "after the 3x3 'valid' stem convs, got [1, 1, 1, 1]",
     ),
     (
         "model:\n  middle_repeats: 1\n  middle_width: 64\n",
