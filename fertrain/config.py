@@ -56,7 +56,7 @@ _MINI_XCEPTION = {
     "shortcut_batchnorm": True,
     "dropout": 0.0,
     "l2": 0.01,
-    "l2_scope": "all",
+    "l2_scope": "stem",
 }
 _XCEPTION = {
     "input_scaling": "unit",
@@ -73,7 +73,7 @@ _XCEPTION = {
     "use_bias": True,
     "shortcut_bias": True,
     "shortcut_batchnorm": False,
-    "dropout": 0.0,
+    "dropout": 0.3,
     "l2": 0.0,
     "l2_scope": "all",
 }

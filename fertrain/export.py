@@ -24,7 +24,6 @@ from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, MissingDependencyError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_MODEL_FILE, load_classifier, load_keras_model, model_inputs, run_data_dir
-from fertrain.models.ensemble import average_ensemble
 
 ExportFormat = Literal["savedmodel", "tflite", "onnx", "keras"]
 Quantization = Literal["int8"]
@@ -265,7 +264,12 @@ def export_model(
 
     # Each member's own predictions, before the ensemble wraps (and renames) them.
     reference = np.mean([np.asarray(member.predict(check_inputs, verbose=0)) for member in members], axis=0)
-    model = members[0] if len(members) == 1 else average_ensemble(members)
+    if len(members) == 1:
+        model = members[0]
+    else:
+        from fertrain.models.ensemble import average_ensemble  # Keras: `prepare` and `--help` stay quick
+
+        model = average_ensemble(members)
     out = Path(out) if out is not None else default_export_path(run_dir, export_format, quantize)
     if export_format == "keras":
         predictor = _export_keras(model, out)

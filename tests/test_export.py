@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import warnings
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cli_main import run_cli
-from run_dirs import tiny_run
+from run_dirs import tiny_model_file, tiny_run
 
 from fertrain.data.dataset import load_split
 from fertrain.export import CHECK_IMAGES, _check, export_model
@@ -131,3 +132,37 @@ def test_bad_requests_exit_2(run_dir, tmp_path, capsys, monkeypatch):
 
     code, _, err = run_cli(["export", tmp_path, "--format", "tflite"], capsys, monkeypatch)
     assert code == 2 and f"{tmp_path}: not a run directory" in err
+
+
+def test_two_runs_export_as_one_keras_file_averaging_their_probabilities(
+    run_dir,
+    tmp_path,
+    tmp_path_factory,
+    prepared_sample,
+    check_batch,
+    keras_probabilities,
+    capsys,
+    monkeypatch,
+):
+    other = tmp_path / "other-run"
+    other.mkdir()
+    shutil.copy(
+        tiny_model_file(tmp_path_factory.getbasetemp(), prepared_sample, seed=1), other / "model.keras"
+    )
+    shutil.copy(run_dir / "config.yaml", other / "config.yaml")
+    out = tmp_path / "ensemble.keras"
+    code, stdout, err = run_cli(
+        ["export", run_dir, other, "--format", "keras", "--out", out], capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert str(out) in stdout.replace("\n", "") and "passed" in stdout
+    other_probabilities = load_classifier(other).forward(check_batch)
+    assert np.abs(other_probabilities - keras_probabilities).max() > 1e-3  # two different models
+    ensemble = load_classifier(out)
+    np.testing.assert_allclose(
+        ensemble.forward(check_batch), (keras_probabilities + other_probabilities) / 2, atol=1e-6
+    )
+    code, _, err = run_cli(
+        ["export", run_dir, other, "--format", "keras", "--quantize", "int8"], capsys, monkeypatch
+    )
+    assert code == 2 and "needs --format tflite or onnx" in err

@@ -77,8 +77,8 @@ def test_batchnorm_momentum_reaches_every_batchnorm() -> None:
     assert momenta == {0.9}
 
 
-def test_l2_penalises_every_conv_and_dense_kernel() -> None:
-    model = build_model(model_config("quickstart"))
+def test_l2_scope_all_penalises_every_conv_and_dense_kernel() -> None:
+    model = build_model(model_config("quickstart", "model.l2_scope=all"))
     kernels = [
         w for w in model.trainable_weights if w.name in ("kernel", "depthwise_kernel", "pointwise_kernel")
     ]
