@@ -61,18 +61,20 @@ def main() -> None:
         ]
     best = max(runs, key=lambda run: run.frames_per_s)
     per_frame = {stage: 1000 * best.stage_seconds[stage] / best.frames_read for stage in STAGES}
+    other = 1000 * best.seconds / best.frames_read - sum(per_frame.values())
+    codec = ANNOTATED_CODECS[args.suffix]
     print(
         json.dumps(
             {
                 "cpu": platform.processor() or platform.machine(),
-                "video": f"{WIDTH}x{HEIGHT} {args.suffix} {ANNOTATED_CODECS[args.suffix]}, {args.frames} frames",
+                "video": f"{WIDTH}x{HEIGHT} {args.suffix} {codec}, {args.frames} frames",
                 "every": args.every,
                 "annotate": args.annotate,
                 "frames_per_s_best": round(best.frames_per_s, 1),
                 "frames_per_s_all": [round(run.frames_per_s, 1) for run in runs],
                 "faces_per_frame": best.faces / best.frames_analysed,
                 "ms_per_frame": {stage: round(ms, 2) for stage, ms in per_frame.items()},
-                "ms_per_frame_other": round(1000 * best.seconds / best.frames_read - sum(per_frame.values()), 2),
+                "ms_per_frame_other": round(other, 2),
             }
         )
     )
