@@ -210,7 +210,7 @@ class _Table:
 
     def close(self) -> None:
         if self._json:
-            write_atomic(self.path, json.dumps(self._rows, indent=1) + "\n")
+            write_atomic(self.path, "[\n" + ",\n".join(map(json.dumps, self._rows)) + "\n]\n")
         else:
             with writing(self.path):
                 self._file.close()
