@@ -366,7 +366,7 @@ PREDICT_ARGUMENTS = (
     "[MODEL] IMAGE_OR_DIR... | [MODEL] VIDEO | [MODEL] --camera INDEX: MODEL is a run directory, a "
     ".keras/.h5 file or a SavedModel directory; without it the newest run in ./runs (else a model bundled "
     "with fertrain) is used. Directories are searched for images (not recursively). A video (.mp4, .avi, "
-    ".mov, .mkv, ... whatever OpenCV reads) or a camera has its faces found in every analysed frame; "
+    ".mov, .mkv, .webm, ...) or a camera has its faces found in every analysed frame; "
     "--out writes one row per face (frame, time, box, the 7 probabilities, top emotion), growing as frames "
     "are analysed, so an error or Ctrl-C keeps the rows so far. A camera runs until --frames or Ctrl-C."
 )
@@ -407,9 +407,12 @@ def predict(
         str | None,
         typer.Option(metavar="FILE", help="Video or camera: write the table of faces (.csv or .json)."),
     ] = None,
-    every: Annotated[int, typer.Option(min=1, help="Video or camera: analyse every Nth frame.")] = 1,
+    every: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Video or camera: analyse every Nth frame.")
+    ] = 1,
     frames: Annotated[
-        int | None, typer.Option(min=1, help="Video or camera: stop after this many frames read.")
+        int | None,
+        typer.Option(metavar="N", min=1, help="Video or camera: stop after this many frames read."),
     ] = None,
     show: Annotated[
         bool, typer.Option("--show", help="Video or camera: show the annotated frames in a window.")

@@ -8,9 +8,11 @@ one for sixteen (the bundled ensemble on 2 cores: ~10 ms for 1 face, ~22 ms for 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -228,7 +230,7 @@ class _AnnotatedVideo:
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(path.parent, os.W_OK):
-                raise PermissionError(13, "Permission denied", str(path))
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         codec = ANNOTATED_CODECS[path.suffix.lower()]
         height, width = frame.shape[:2]
         fourcc = cv2.VideoWriter_fourcc(*codec)
@@ -247,7 +249,7 @@ class _AnnotatedVideo:
         self._writer.release()
         with writing(self.path), removed_on_failure(self._partial):
             if self._partial.stat().st_size == 0:
-                raise OSError(5, "the video encoder wrote nothing", str(self.path))
+                raise OSError(errno.EIO, "the video encoder wrote nothing", str(self.path))
             os.replace(self._partial, self.path)
 
 
@@ -365,7 +367,7 @@ def _analyse(
                     output.close()
         finally:
             capture.release()
-    if frames is not None and summary.frames_read >= frames:
+    if summary.stopped == "end" and frames is not None and summary.frames_read >= frames:
         summary.stopped = "frames"
     summary.seconds = time.perf_counter() - started
     if summary.frames_read == 0:
@@ -463,7 +465,9 @@ class Window:
     def __init__(self):
         import cv2
 
-        if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        ):
             raise DataError("--show needs a display (neither DISPLAY nor WAYLAND_DISPLAY is set)")
         try:
             cv2.namedWindow(self.NAME)
