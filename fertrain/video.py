@@ -179,9 +179,9 @@ def find_faces(detector, gray: np.ndarray) -> list[Box]:
 
 
 class _Table:
-    """The rows so far, in `path`: a CSV grows by a batch of rows at a time (each batch flushed, so even
-    a killed process leaves every analysed batch); JSON, one list, is rewritten whole when closed,
-    also after an error."""
+    """The rows so far, in `path`: a CSV grows by each frame's rows as its batch is classified, flushed
+    at once, so even a killed process leaves every frame classified; JSON, one list, is written whole
+    when closed, also after an error."""
 
     def __init__(self, path: Path):
         self.path = path

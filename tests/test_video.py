@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from boxes import iou
 from cli_main import run_cli
 
 import fertrain.video
@@ -43,14 +44,6 @@ def video(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classifier():
     return load_classifier(BUNDLED_MODEL)
-
-
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    return w * h / (aw * ah + bw * bh - w * h)
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -89,7 +82,7 @@ def test_every_frame_has_the_face_its_probabilities_and_an_annotated_copy(video,
     for row in rows:
         assert float(row["time_s"]) == pytest.approx(int(row["frame"]) / FPS, abs=1e-3)
         box = tuple(int(row[key]) for key in ("x", "y", "width", "height"))
-        assert _iou(box, FACE) > 0.6
+        assert iou(box, FACE) > 0.6
         probabilities = [float(row[name]) for name in EMOTIONS]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
         assert row["top"] == EMOTIONS[int(np.argmax(probabilities))]
