@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 BUNDLED_MODEL = Path(__file__).parent / "assets" / "model.keras"
 TOP_K = 3
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+CASCADE_WINDOW = 24  # the side of the window the cascade was trained on: the smallest face it finds
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,12 @@ def face_detector():
 
 def detect_faces(detector, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Face boxes (x, y, width, height), left to right."""
-    min_side = max(24, min(gray.shape) // 20)
+    min_side = max(CASCADE_WINDOW, min(gray.shape) // 20)
     boxes = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h in boxes)
 
 
-def _top(probabilities: np.ndarray) -> list[tuple[str, float]]:
+def top_emotions(probabilities: np.ndarray) -> list[tuple[str, float]]:
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
     return [(EMOTIONS[i], float(probabilities[i])) for i in order]
 
@@ -214,7 +215,7 @@ def predict_images(
     probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize, tta=tta))
     results, taken = [], set()
     for path, rgb, boxes in zip(paths, pictures, boxes_per_image, strict=True):
-        predictions = [FacePrediction(box, _top(next(probabilities))) for box in boxes]
+        predictions = [FacePrediction(box, top_emotions(next(probabilities))) for box in boxes]
         annotated = None
         if annotate_dir is not None:
             target = _annotated_path(Path(annotate_dir), path, taken)
@@ -223,10 +224,11 @@ def predict_images(
     return results
 
 
-def split_model_and_images(arguments: Sequence[str]) -> tuple[Path, list[str]]:
-    """`MODEL IMAGE...` or just `IMAGE...` (the model then defaults, see `default_model`)."""
+def split_model_and_images(arguments: Sequence[str], inputs_required: bool = True) -> tuple[Path, list[str]]:
+    """`MODEL IMAGE...` or just `IMAGE...` (the model then defaults, see `default_model`); without
+    `inputs_required`, `MODEL` alone or nothing at all (a camera is the input)."""
     if arguments and is_model_target(Path(arguments[0])):
-        if len(arguments) == 1:
+        if len(arguments) == 1 and inputs_required:
             raise DataError(f"{arguments[0]}: a model, but no image or image directory follows it")
         return Path(arguments[0]), list(arguments[1:])
     return default_model(), list(arguments)

@@ -69,3 +69,30 @@ def predictions_table(results, title: str) -> Table:
         if result.annotated is not None:
             table.add_row("", f"[dim]annotated: {result.annotated}[/]", "")
     return table
+
+
+def video_face_line(result) -> str:
+    """One line for a `fertrain.video.FrameResult`, as a camera prints them."""
+    faces = "; ".join(
+        f"({', '.join(map(str, face.box))}) {face.top} {max(face.probabilities):.0%}" for face in result.faces
+    )
+    return f"frame {result.frame} at {result.time_s:.2f} s: {faces or 'no face'}"
+
+
+def video_summary_table(summary, title: str) -> Table:
+    """The share of analysed frames per top emotion of their largest face, of a
+    `fertrain.video.VideoSummary`, and how many frames and faces there were."""
+    table = Table(title=f"{title}\n{summary.source}")
+    table.add_column("top emotion (largest face)")
+    table.add_column("frames", justify="right")
+    table.add_column("share", justify="right")
+    analysed = max(1, summary.frames_analysed)
+    for emotion, count in summary.top_frames.most_common():
+        table.add_row(emotion, str(count), f"{count / analysed:.1%}")
+    table.add_section()
+    stopped = {"end": "the end", "frames": "--frames", "interrupted": "Ctrl-C"}[summary.stopped]
+    table.add_row("frames read", str(summary.frames_read), f"{summary.frames_per_s:.1f}/s")
+    table.add_row("frames analysed", str(summary.frames_analysed), "")
+    table.add_row("faces found", str(summary.faces), "")
+    table.add_row("stopped at", stopped, "")
+    return table

@@ -10,6 +10,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from boxes import iou
 from cli_main import run_cli
 from PIL import Image
 from run_dirs import tiny_run
@@ -53,17 +54,9 @@ def _photo(faces: list[np.ndarray], corners: list[tuple[int, int]]) -> np.ndarra
     return np.repeat(background[..., None], 3, axis=2)
 
 
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    return w * h / (aw * ah + bw * bh - w * h)
-
-
 def _found_alone(detector, face: np.ndarray, corner: tuple[int, int]) -> bool:
     boxes = detect_faces(detector, _photo([face], [corner])[..., 0])
-    return len(boxes) == 1 and _iou(boxes[0], (*corner, FACE_SIDE, FACE_SIDE)) > 0.6
+    return len(boxes) == 1 and iou(boxes[0], (*corner, FACE_SIDE, FACE_SIDE)) > 0.6
 
 
 def _detectable_faces(faces: np.ndarray, corners: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -124,7 +117,7 @@ def test_faces_are_found_in_a_photo_classified_and_annotated(
     assert len(result["faces"]) == 2
     gray = photo[..., 0]
     for face, (x, y) in zip(result["faces"], corners, strict=True):
-        assert _iou(face["box"], (x, y, FACE_SIDE, FACE_SIDE)) > 0.6
+        assert iou(face["box"], (x, y, FACE_SIDE, FACE_SIDE)) > 0.6
         bx, by, bw, bh = face["box"]
         crop = cv2.resize(gray[by : by + bh, bx : bx + bw], (48, 48), interpolation=cv2.INTER_AREA)
         top = [(t["emotion"], t["probability"]) for t in face["top"]]
@@ -142,7 +135,7 @@ def test_the_demo_photo_has_one_face_and_an_annotated_copy(tmp_path):
     bundled = fertrain.predict.BUNDLED_MODEL
     (result,) = predict_images(bundled, [DEMO_PHOTO], detect=True, annotate_dir=tmp_path)
     (face,) = result.faces
-    assert _iou(face.box, (113, 66, 95, 95)) > 0.6  # where the astronaut's face is in the photo
+    assert iou(face.box, (113, 66, 95, 95)) > 0.6  # where the astronaut's face is in the photo
     assert result.annotated == tmp_path / DEMO_PHOTO.name
     assert Image.open(result.annotated).size == Image.open(DEMO_PHOTO).size
 
