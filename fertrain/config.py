@@ -80,6 +80,10 @@ _XCEPTION = {
 ARCHITECTURE_PRESETS = {"mini_xception": _MINI_XCEPTION, "xception": _XCEPTION}
 
 
+def _stem_input_size(input_size: int | None, crop_size: int | None, resize_to: int | None) -> int | None:
+    return resize_to or crop_size or input_size
+
+
 class ModelConfig(Section):
     """An Xception-family network. `xception` and `mini_xception` differ only in these values:
     `architecture` picks the preset that fills every field the config leaves out.
@@ -132,7 +136,7 @@ class ModelConfig(Section):
     @property
     def stem_input_size(self) -> int:
         """The side of the image the first convolution sees, after the crop and the resize."""
-        return self.resize_to or self.crop_size or self.input_size
+        return _stem_input_size(self.input_size, self.crop_size, self.resize_to)
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +162,9 @@ class ModelConfig(Section):
         widths = info.data.get("stem_widths")
         if widths is not None and len(widths) != len(strides):
             raise ValueError(f"needs one stride per stem width ({len(widths)} widths), got {strides}")
-        seen = info.data.get("resize_to") or info.data.get("crop_size") or info.data.get("input_size")
+        seen = _stem_input_size(
+            info.data.get("input_size"), info.data.get("crop_size"), info.data.get("resize_to")
+        )
         if seen is not None:
             size = seen
             for stride in strides:

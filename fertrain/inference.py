@@ -191,7 +191,10 @@ def _saved_model_classifier(path: Path) -> LoadedModel:
     return LoadedModel(path, None, size, forward, TF_BATCHES_IN_FLIGHT)
 
 
-def load_classifier(target: str | Path) -> LoadedModel:
+def load_classifier(target: str | Path | LoadedModel) -> LoadedModel:
+    """The classifier at `target`; an already loaded one is returned as it is."""
+    if isinstance(target, LoadedModel):
+        return target
     path, run_dir = resolve_model_path(target)
     if path.is_dir():
         return _saved_model_classifier(path)

@@ -196,7 +196,7 @@ def predict_images(
     tta: str = "none",
 ) -> list[ImagePrediction]:
     """Top-3 emotions for every image, or for every face found in it when `detect` is set."""
-    classifier = model if isinstance(model, LoadedModel) else load_classifier(model)
+    classifier = load_classifier(model)
     paths = list_images(images)
     detector = face_detector() if detect else None
     pictures, boxes_per_image, faces = [], [], []

@@ -375,10 +375,6 @@ def _analyse(
     return summary
 
 
-def _classifier(model: str | Path | LoadedModel) -> LoadedModel:
-    return model if isinstance(model, LoadedModel) else load_classifier(model)
-
-
 def predict_video(
     model: str | Path | LoadedModel,
     video: str | Path,
@@ -400,7 +396,7 @@ def predict_video(
     path = Path(video)
     if not path.is_file():
         raise DataError(f"{path}: no such video file")
-    classifier = _classifier(model)
+    classifier = load_classifier(model)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DataError(f"{path}: not a video OpenCV {cv2.__version__} can read")
@@ -436,7 +432,7 @@ def predict_camera(
     """As `predict_video`, live from camera `index` until `frames` frames or Ctrl-C; times are seconds
     since the first frame."""
     check_outputs(out, annotated)
-    classifier = _classifier(model)
+    classifier = load_classifier(model)
     capture = (capture_factory or camera_capture)(index)
     if not capture.isOpened():
         capture.release()
