@@ -172,7 +172,8 @@ def fertrain_way(config: Config, runtime, steps: int, seed: int, model_path: Pat
     stopwatch = Stopwatch(len(images))
 
     def fit_epoch() -> None:
-        trainer.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=[stopwatch])
+        with runtime.fit_scope():
+            trainer.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=[stopwatch])
 
     trainer.network.save(model_path)
     classifier = load_classifier(model_path)

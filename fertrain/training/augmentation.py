@@ -162,6 +162,26 @@ class AugmentedTrainer(keras.Model):
         if not getattr(self, "_built_for_training", False):
             super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def fit(self, *args, **kwargs):
+        history = super().fit(*args, **kwargs)
+        self._unshare_averaged_weights()
+        return history
+
+    def _unshare_averaged_weights(self) -> None:
+        """Gives each weight its own buffer again after `fit` ended with the optimizer's EMA.
+
+        With `use_ema`, Keras ends `fit` by assigning each moving average to its weight. Under JAX
+        that assignment stores the average's own array in the weight (Keras 3.15), so the next `fit`
+        passes one buffer twice to a training step that donates its whole state; XLA refuses ("donate
+        the same buffer twice"), and Keras' cleanup then fails on the purged variables with
+        "'NoneType' object is not callable". `fertrain benchmark` fits the same trainer repeatedly.
+        """
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if keras.backend.backend() != "jax" or optimizer is None or not optimizer.use_ema:
+            return
+        for variable in self.trainable_weights:
+            variable.assign(ops.copy(variable.value))
+
     def call(self, images, training=False):
         images = ops.cast(images, "float32")
         if training and self.augmentation.layers:

@@ -7,7 +7,6 @@ A run directory holds the resolved `config.yaml`, `model.keras` (best validation
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -230,9 +229,7 @@ def _fit(
     callbacks = _callbacks(job, output_dir, past, stopwatch, clock, lambda epoch, logs: write_metrics())
     if reporter is not None:  # after the stopwatch, which must be first
         callbacks.insert(1, reporter_callback(reporter, job.config.train.epochs, len(job.train_batches)))
-    # Keras-on-JAX finds its distribution (the devices a batch is split across) in the global scope
-    # while fitting; a tf.distribute strategy travels with the compiled trainer instead.
-    with job.runtime.scope() if job.runtime.backend == "jax" else contextlib.nullcontext():
+    with job.runtime.fit_scope():
         job.trainer.fit(
             job.train_batches,
             validation_data=job.val_batches,

@@ -137,6 +137,12 @@ class Runtime:
     def scope(self) -> contextlib.AbstractContextManager:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def fit_scope(self) -> contextlib.AbstractContextManager:
+        """The scope `fit` runs in: Keras-on-JAX finds its distribution (the devices a batch is split
+        across) in the global scope while fitting; a tf.distribute strategy travels with the
+        compiled trainer instead."""
+        return self.scope() if self.backend == "jax" else contextlib.nullcontext()
+
 
 def detect_devices() -> Devices:
     backend = keras.backend.backend()
