@@ -289,7 +289,8 @@ class TrainConfig(Section):
         ge=0.0,
         lt=1.0,
         description="0: off; else the momentum of an exponential moving average of the weights, "
-        "which validation, checkpoints and the saved model then use (e.g. 0.999)",
+        "which validation, checkpoints and the saved model then use (e.g. 0.999); it ramps up as "
+        "min(ema, t / (t + 9)) at update t, so early epochs validate recent weights",
     )
 
     @field_validator("jit_compile", "mixed_precision", mode="before")

@@ -15,6 +15,7 @@ from fertrain.models import build_model
 from fertrain.training.augmentation import BatchMixer, build_augmentation
 from fertrain.training.batches import ArrayBatches
 from fertrain.training.callbacks import AveragedWeightsForEvaluation
+from fertrain.training.schedules import build_optimizer
 
 BATCH = 64
 
@@ -192,6 +193,23 @@ def test_averaged_weights_are_validated_and_saved_while_training_continues_from_
         assert logged == pytest.approx(recomputed, rel=1e-4)  # validation ran on the averages
     # the second epoch trained on from the training weights, which differ from the averages
     assert not np.allclose(watch.at_epoch_begin[1][0], watch.averages[0][0])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_weight_average_ramps_its_momentum_up_to_train_ema(name):
+    train = load_config(None, [f"train.optimizer.name={name}", "train.ema=0.9"]).train
+    optimizer = build_optimizer(train, 0.1)
+    variable = keras.Variable(np.array([1.0, -2.0], dtype="float32"))
+    optimizer.build([variable])
+    average = np.zeros(2)
+    gradients = np.random.default_rng(0).normal(size=(100, 2)).astype("float32")
+    for t, gradient in enumerate(gradients):  # t: 0-based update
+        optimizer.apply([gradient], [variable])
+        kept = min(0.9, t / (t + 9))  # 0, 0.1, 0.18, ..., 0.9 from update 81 on
+        average = kept * average + (1 - kept) * keras.ops.convert_to_numpy(variable)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(optimizer._model_variables_moving_average[0]), average, rtol=1e-5
+        )
 
 
 def test_l2_scope_stem_regularizes_only_the_stem_convs():

@@ -104,6 +104,43 @@ def build_schedule(
     return learning_rate
 
 
+class WarmedUpAverage:
+    """The weights' moving average (`train.ema`) with the momentum ramped up as min(ema, t / (t + 9))
+    at update t (0-based; the first update starts the average from the weights it wrote).
+
+    Keras' own average keeps ema^t of the initial weights: at 0.999 and 224 steps an epoch, a fifth
+    of the network validated after 7 epochs was still its random start, and validation accuracy
+    stayed near chance (18-23 %) for 12 epochs. With the ramp the average spans about the last ninth
+    of the updates until it reaches `ema`.
+    """
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        if not self.use_ema:
+            return
+        step = ops.cast(self.iterations, "float32")
+        momentum = ops.minimum(self.ema_momentum, step / (step + 9.0))
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average, strict=True):
+            if average is not None:
+                kept = ops.cast(momentum, variable.dtype)
+                average.assign(kept * average + (1.0 - kept) * variable)
+
+
+class Adam(WarmedUpAverage, keras.optimizers.Adam):
+    pass
+
+
+class AdamW(WarmedUpAverage, keras.optimizers.AdamW):
+    pass
+
+
+class SGD(WarmedUpAverage, keras.optimizers.SGD):
+    pass
+
+
+class RMSprop(WarmedUpAverage, keras.optimizers.RMSprop):
+    pass
+
+
 def build_optimizer(
     train: TrainConfig, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
 ) -> keras.optimizers.Optimizer:
@@ -115,7 +152,7 @@ def build_optimizer(
         "ema_momentum": train.ema or 0.99,
     }
     if settings.name in ("adam", "adamw"):
-        adam = keras.optimizers.AdamW if settings.name == "adamw" else keras.optimizers.Adam
+        adam = AdamW if settings.name == "adamw" else Adam
         optimizer = adam(
             learning_rate,
             beta_1=settings.beta_1,
@@ -124,13 +161,9 @@ def build_optimizer(
             **common,
         )
     elif settings.name == "sgd":
-        optimizer = keras.optimizers.SGD(
-            learning_rate, momentum=settings.momentum, nesterov=settings.nesterov, **common
-        )
+        optimizer = SGD(learning_rate, momentum=settings.momentum, nesterov=settings.nesterov, **common)
     else:
-        optimizer = keras.optimizers.RMSprop(
-            learning_rate, momentum=settings.momentum, epsilon=settings.epsilon, **common
-        )
+        optimizer = RMSprop(learning_rate, momentum=settings.momentum, epsilon=settings.epsilon, **common)
     if train.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     return optimizer
