@@ -21,7 +21,7 @@ import numpy as np
 
 from fertrain.inference import load_classifier
 from fertrain.predict import BUNDLED_MODEL, read_image
-from fertrain.video import ANNOTATED_CODECS, STAGES, predict_video
+from fertrain.video import ANNOTATED_CODECS, STAGES, VideoOptions, predict_video
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "sample" / "astronaut.jpg"
 WIDTH, HEIGHT, FPS = 640, 480, 30
@@ -54,11 +54,9 @@ def main() -> None:
         video = Path(tmp) / f"astronaut{args.suffix}"
         write_video(video, args.frames)
         annotated = Path(tmp) / f"annotated{args.suffix}" if args.annotate else None
-        predict_video(classifier, video, frames=32)
-        runs = [
-            predict_video(classifier, video, every=args.every, out=args.out, annotated=annotated)
-            for _ in range(args.repeats)
-        ]
+        predict_video(classifier, video, VideoOptions(frames=32))
+        options = VideoOptions(every=args.every, out=args.out, annotated=annotated)
+        runs = [predict_video(classifier, video, options) for _ in range(args.repeats)]
     best = max(runs, key=lambda run: run.frames_per_s)
     per_frame = {stage: 1000 * best.stage_seconds[stage] / best.frames_read for stage in STAGES}
     other = 1000 * best.seconds / best.frames_read - sum(per_frame.values())

@@ -467,7 +467,7 @@ def _predict_video(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fertrain.tables import video_face_line, video_summary_table
-    from fertrain.video import Window, predict_camera, predict_video
+    from fertrain.video import VideoOptions, Window, predict_camera, predict_video
 
     window = Window() if show else None
     live = isinstance(source, int)
@@ -478,7 +478,7 @@ def _predict_video(
         if live and not json_output:
             console.print(video_face_line(result), highlight=False, soft_wrap=True)
 
-    options = dict(
+    options = VideoOptions(
         every=every,
         frames=frames,
         out=out,
@@ -489,7 +489,7 @@ def _predict_video(
     )
     try:
         if live:
-            summary = predict_camera(model, source, **options)
+            summary = predict_camera(model, source, options)
         else:
             bar = Progress(
                 TextColumn("{task.description}"),
@@ -508,7 +508,7 @@ def _predict_video(
                 bar.update(task, completed=done, total=total, rate="-" if speed is None else f"{speed:.1f}")
 
             with bar:
-                summary = predict_video(model, source, progress=progress, **options)
+                summary = predict_video(model, source, options, progress)
     finally:
         if window is not None:
             window.close()

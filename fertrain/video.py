@@ -91,6 +91,19 @@ class FrameResult:
 FrameCallback = Callable[[FrameResult, np.ndarray], None]  # an analysed frame and its BGR picture
 
 
+@dataclass(frozen=True)
+class VideoOptions:
+    """What a video or camera analysis reads, how it classifies and where it writes."""
+
+    every: int = 1  # analyse every `every`-th frame
+    frames: int | None = None  # stop after this many frames read; None: the whole video, or until Ctrl-C
+    out: str | Path | None = None  # the table of faces (.csv or .json)
+    annotated: str | Path | None = None  # the analysed frames with boxes and emotions drawn (a video)
+    normalize: str = "raw"
+    tta: str = "none"
+    on_frame: FrameCallback | None = None  # called after each analysed frame
+
+
 @dataclass
 class VideoSummary:
     source: str
@@ -282,19 +295,14 @@ def _analyse(
     classifier: LoadedModel,
     capture,
     summary: VideoSummary,
+    options: VideoOptions,
     *,
     live: bool,
-    every: int,
-    frames: int | None,
-    out: str | Path | None,
-    annotated: str | Path | None,
-    normalize: str,
-    tta: str,
     progress: Progress | None,
-    on_frame: FrameCallback | None,
 ) -> VideoSummary:
     import cv2
 
+    every, frames, out, annotated = options.every, options.frames, options.out, options.annotated
     detector = face_detector()
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -313,7 +321,8 @@ def _analyse(
     def classify() -> None:
         start = time.perf_counter()
         stacked = np.stack(pending.faces) if pending.faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
-        probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize, tta=tta))
+        scored = predict_probabilities([classifier], stacked, normalize=options.normalize, tta=options.tta)
+        probabilities = iter(scored)
         stages["model"] += time.perf_counter() - start
         start = time.perf_counter()
         for index, seconds, frame, boxes in pending.frames:
@@ -327,8 +336,8 @@ def _analyse(
                 table.add(rows)
             if video is not None:
                 video.add(frame, result)
-            if on_frame is not None:
-                on_frame(result, frame)
+            if options.on_frame is not None:
+                options.on_frame(result, frame)
         pending.frames.clear()
         pending.faces.clear()
         stages["write"] += time.perf_counter() - start
@@ -378,21 +387,15 @@ def _analyse(
 def predict_video(
     model: str | Path | LoadedModel,
     video: str | Path,
-    *,
-    every: int = 1,
-    frames: int | None = None,
-    out: str | Path | None = None,
-    annotated: str | Path | None = None,
-    normalize: str = "raw",
-    tta: str = "none",
+    options: VideoOptions = VideoOptions(),
     progress: Progress | None = None,
-    on_frame: FrameCallback | None = None,
 ) -> VideoSummary:
-    """Emotions of the faces in every `every`-th of the first `frames` frames of a video file; the
-    rows go to `out` (.csv/.json) and the analysed frames, annotated, to the video `annotated`."""
+    """Emotions of the faces in every `options.every`-th of the first `options.frames` frames of a video
+    file; the rows go to `options.out` (.csv/.json) and the analysed frames, annotated, to the video
+    `options.annotated`."""
     import cv2
 
-    check_outputs(out, annotated)
+    check_outputs(options.out, options.annotated)
     path = Path(video)
     if not path.is_file():
         raise DataError(f"{path}: no such video file")
@@ -400,57 +403,24 @@ def predict_video(
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DataError(f"{path}: not a video OpenCV {cv2.__version__} can read")
-    return _analyse(
-        classifier,
-        capture,
-        VideoSummary(str(path)),
-        live=False,
-        every=every,
-        frames=frames,
-        out=out,
-        annotated=annotated,
-        normalize=normalize,
-        tta=tta,
-        progress=progress,
-        on_frame=on_frame,
-    )
+    return _analyse(classifier, capture, VideoSummary(str(path)), options, live=False, progress=progress)
 
 
 def predict_camera(
     model: str | Path | LoadedModel,
     index: int = 0,
-    *,
-    every: int = 1,
-    frames: int | None = None,
-    out: str | Path | None = None,
-    annotated: str | Path | None = None,
-    normalize: str = "raw",
-    tta: str = "none",
-    on_frame: FrameCallback | None = None,
+    options: VideoOptions = VideoOptions(),
     capture_factory: Callable[[int], Any] | None = None,
 ) -> VideoSummary:
-    """As `predict_video`, live from camera `index` until `frames` frames or Ctrl-C; times are seconds
-    since the first frame."""
-    check_outputs(out, annotated)
+    """As `predict_video`, live from camera `index` until `options.frames` frames or Ctrl-C; times are
+    seconds since the first frame."""
+    check_outputs(options.out, options.annotated)
     classifier = load_classifier(model)
     capture = (capture_factory or camera_capture)(index)
     if not capture.isOpened():
         capture.release()
         raise DataError(f"camera {index}: cannot be opened (no such camera, or it is in use)")
-    return _analyse(
-        classifier,
-        capture,
-        VideoSummary(f"camera {index}"),
-        live=True,
-        every=every,
-        frames=frames,
-        out=out,
-        annotated=annotated,
-        normalize=normalize,
-        tta=tta,
-        progress=None,
-        on_frame=on_frame,
-    )
+    return _analyse(classifier, capture, VideoSummary(f"camera {index}"), options, live=True, progress=None)
 
 
 class Window:

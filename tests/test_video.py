@@ -17,7 +17,7 @@ import fertrain.video
 from fertrain.config import EMOTIONS
 from fertrain.inference import load_classifier
 from fertrain.predict import BUNDLED_MODEL, read_image
-from fertrain.video import predict_camera, predict_video
+from fertrain.video import VideoOptions, predict_camera, predict_video
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,7 @@ def test_every_frame_has_the_face_its_probabilities_and_an_annotated_copy(video,
     summary = predict_video(
         classifier,
         video,
-        out=tmp_path / "faces.csv",
-        annotated=tmp_path / "annotated.avi",
+        VideoOptions(out=tmp_path / "faces.csv", annotated=tmp_path / "annotated.avi"),
         progress=lambda done, total: seen.append((done, total)),
     )
     assert (summary.frames_read, summary.frames_analysed, summary.faces) == (FRAMES, FRAMES, FRAMES)
@@ -96,7 +95,7 @@ def test_every_frame_has_the_face_its_probabilities_and_an_annotated_copy(video,
 
 
 def test_every_nth_frame_to_json(video, classifier, tmp_path):
-    summary = predict_video(classifier, video, every=5, out=tmp_path / "faces.json")
+    summary = predict_video(classifier, video, VideoOptions(every=5, out=tmp_path / "faces.json"))
     rows = json.loads((tmp_path / "faces.json").read_text())
     assert [row["frame"] for row in rows] == list(range(0, FRAMES, 5))
     assert summary.frames_read == FRAMES and summary.frames_analysed == len(rows)
@@ -110,7 +109,7 @@ def test_a_failure_keeps_the_rows_of_the_frames_analysed_before_it(video, classi
 
     for table in (tmp_path / "faces.csv", tmp_path / "faces.json"):
         with pytest.raises(OSError):
-            predict_video(classifier, video, out=table, on_frame=disk_full_at_frame_20)
+            predict_video(classifier, video, VideoOptions(out=table, on_frame=disk_full_at_frame_20))
         rows = _csv_rows(table) if table.suffix == ".csv" else json.loads(table.read_text())
         assert [int(row["frame"]) for row in rows] == list(range(21))
 
@@ -120,9 +119,7 @@ def test_camera_reads_through_the_capture_factory_until_frames(video, classifier
     summary = predict_camera(
         classifier,
         0,
-        frames=6,
-        out=tmp_path / "camera.csv",
-        on_frame=lambda result, frame: shown.append(result),
+        VideoOptions(frames=6, out=tmp_path / "camera.csv", on_frame=lambda result, _: shown.append(result)),
         capture_factory=_file_camera(video),
     )
     assert summary.stopped == "frames" and summary.source == "camera 0"
@@ -149,7 +146,7 @@ def test_ctrl_c_stops_a_camera_cleanly_with_every_frame_read(video, classifier, 
             return getattr(self.capture, name)
 
     summary = predict_camera(
-        classifier, 0, out=tmp_path / "camera.csv", capture_factory=InterruptedAfterSeven
+        classifier, 0, VideoOptions(out=tmp_path / "camera.csv"), capture_factory=InterruptedAfterSeven
     )
     assert summary.stopped == "interrupted"
     assert summary.frames_analysed == 7
