@@ -126,6 +126,13 @@ class ModelConfig(Section):
     batchnorm_momentum: float = Field(
         0.99, gt=0.0, lt=1.0, description="lower it (e.g. 0.9) when an epoch is only a few dozen steps"
     )
+    squeeze_excite: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="0: off; else each residual block's branch is reweighted per channel by a "
+        "squeeze-and-excitation gate whose hidden width is this fraction of the block's width",
+    )
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout before the classifier")
     l2: float = Field(ge=0.0, description="L2 penalty on conv and dense kernels (see l2_scope)")
     l2_scope: Literal["all", "stem"] = Field(

@@ -97,6 +97,39 @@ def test_middle_repeats_add_hand_counted_blocks_to_mini_xception() -> None:
     assert deeper - base == 2 * 3 * (separable_params(128, 128, bias=False) + 4 * 128)
 
 
+def test_squeeze_excite_adds_hand_counted_gates_to_every_residual_block() -> None:
+    base = build_model(model_config("mini_xception", "model.middle_repeats=1")).count_params()
+    gated = build_model(
+        model_config("mini_xception", "model.middle_repeats=1", "model.squeeze_excite=0.25")
+    ).count_params()
+
+    def gate(width: int) -> int:  # 1x1 conv width -> width/4 and back, both with bias
+        hidden = round(width * 0.25)
+        return width * hidden + hidden + hidden * width + width
+
+    # Entry blocks 16, 32, 64, 128 and one middle block of 128.
+    assert gated - base == sum(gate(width) for width in (16, 32, 64, 128, 128))
+
+
+def test_squeeze_excite_scales_each_channel_by_its_gate() -> None:
+    """The block's branch times sigmoid(W2 relu(W1 mean(branch) + b1) + b2), per image and channel."""
+    model = build_model(model_config("mini_xception", "model.squeeze_excite=0.5"))
+    rng = np.random.default_rng(3)
+    for name in ("entry2_se_reduce", "entry2_se_expand"):
+        layer = model.get_layer(name)
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
+    probe = keras.Model(
+        model.input, [model.get_layer("entry2_pool").output, model.get_layer("entry2_se_scale").output]
+    )
+    branch, scaled = (keras.ops.convert_to_numpy(t) for t in probe(random_faces(2), training=False))
+    (w1, b1), (w2, b2) = (model.get_layer(n).get_weights() for n in ("entry2_se_reduce", "entry2_se_expand"))
+    squeezed = branch.mean(axis=(1, 2))
+    hidden = np.maximum(squeezed @ w1[0, 0] + b1, 0.0)
+    gate = 1.0 / (1.0 + np.exp(-(hidden @ w2[0, 0] + b2)))
+    assert w1.shape[-1] == 16  # half of entry2's 32 channels
+    np.testing.assert_allclose(scaled, branch * gate[:, None, None, :], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", ["quickstart", "tiny_xception"])
 def test_output_is_float32_softmax_over_seven_classes(config: str) -> None:
     cfg = TINY_XCEPTION if config == "tiny_xception" else model_config(config)
@@ -137,9 +170,12 @@ def test_softmax_stays_float32_under_mixed_precision() -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("config", ["quickstart", "tiny_xception"])
+@pytest.mark.parametrize("config", ["quickstart", "tiny_xception", "tiny_xception_se"])
 def test_keras_file_round_trip_gives_identical_predictions(config: str, tmp_path: Path) -> None:
-    cfg = TINY_XCEPTION if config == "tiny_xception" else model_config(config)
+    if config.startswith("tiny_xception"):
+        cfg = TINY_XCEPTION.model_copy(update={"squeeze_excite": 0.5 if config.endswith("_se") else 0.0})
+    else:
+        cfg = model_config(config)
     model = build_model(cfg)
     # Perturb every weight and BN statistic so that nothing equals its initial value.
     rng = np.random.default_rng(1)

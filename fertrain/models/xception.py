@@ -64,6 +64,19 @@ def _separable_bn(x, width: int, cfg: ModelConfig, name: str, relu_first: bool):
     return _batchnorm(cfg, f"{name}_bn")(x)
 
 
+def _squeeze_excite(x, width: int, cfg: ModelConfig, name: str):
+    """Hu et al.'s channel gate: global context picks which of the branch's channels to keep, for the
+    cost of two 1x1 convs on a 1x1 map."""
+    if not cfg.squeeze_excite:
+        return x
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
+    gate = layers.Conv2D(
+        max(1, round(width * cfg.squeeze_excite)), 1, activation="relu", name=f"{name}_se_reduce"
+    )(gate)
+    gate = layers.Conv2D(width, 1, activation="sigmoid", name=f"{name}_se_expand")(gate)
+    return layers.Multiply(name=f"{name}_se_scale")([x, gate])
+
+
 def _downsampling_block(x, widths: tuple[int, int], cfg: ModelConfig, name: str):
     """Two separable convs and a stride-2 max pool, added to a 1x1 stride-2 conv shortcut."""
     shortcut = layers.Conv2D(
@@ -80,6 +93,7 @@ def _downsampling_block(x, widths: tuple[int, int], cfg: ModelConfig, name: str)
     x = _separable_bn(x, widths[0], cfg, f"{name}_1", relu_first=cfg.block_preactivation)
     x = _separable_bn(x, widths[1], cfg, f"{name}_2", relu_first=True)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+    x = _squeeze_excite(x, widths[1], cfg, name)
     return layers.Add(name=f"{name}_add")([x, shortcut])
 
 
@@ -104,6 +118,7 @@ def middle_flow(x, cfg: ModelConfig):
         shortcut = x
         for j in range(1, cfg.middle_layers + 1):
             x = _separable_bn(x, width, cfg, f"middle{i}_{j}", relu_first=True)
+        x = _squeeze_excite(x, width, cfg, f"middle{i}")
         x = layers.Add(name=f"middle{i}_add")([x, shortcut])
     return x
 
