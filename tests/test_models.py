@@ -26,10 +26,19 @@ CONFIGS = ROOT / "configs"
 TINY_XCEPTION = ModelConfig(
     architecture="xception", width_multiplier=1 / 32, middle_repeats=1, dropout=0.5, shortcut_batchnorm=True
 )
+# Tests that take a config by name: these two in code, the rest from configs/.
+NAMED_MODELS = {
+    "tiny_xception": TINY_XCEPTION,
+    "tiny_xception_se": TINY_XCEPTION.model_copy(update={"squeeze_excite": 0.5}),
+}
 
 
 def model_config(name: str, *overrides: str) -> ModelConfig:
     return load_config(CONFIGS / f"{name}.yaml", list(overrides)).model
+
+
+def named_model(name: str) -> ModelConfig:
+    return NAMED_MODELS[name] if name in NAMED_MODELS else model_config(name)
 
 
 def random_faces(count: int, seed: int = 0, size: int = 48) -> np.ndarray:
@@ -132,7 +141,7 @@ def test_squeeze_excite_scales_each_channel_by_its_gate() -> None:
 
 @pytest.mark.parametrize("config", ["quickstart", "tiny_xception"])
 def test_output_is_float32_softmax_over_seven_classes(config: str) -> None:
-    cfg = TINY_XCEPTION if config == "tiny_xception" else model_config(config)
+    cfg = named_model(config)
     probabilities = keras.ops.convert_to_numpy(build_model(cfg)(random_faces(5), training=False))
     assert probabilities.shape == (5, 7)
     assert probabilities.dtype == np.float32
@@ -172,11 +181,7 @@ def test_softmax_stays_float32_under_mixed_precision() -> None:
 
 @pytest.mark.parametrize("config", ["quickstart", "tiny_xception", "tiny_xception_se"])
 def test_keras_file_round_trip_gives_identical_predictions(config: str, tmp_path: Path) -> None:
-    if config.startswith("tiny_xception"):
-        cfg = TINY_XCEPTION.model_copy(update={"squeeze_excite": 0.5 if config.endswith("_se") else 0.0})
-    else:
-        cfg = model_config(config)
-    model = build_model(cfg)
+    model = build_model(named_model(config))
     # Perturb every weight and BN statistic so that nothing equals its initial value.
     rng = np.random.default_rng(1)
     for variable in model.weights:

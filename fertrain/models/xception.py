@@ -71,7 +71,7 @@ def _squeeze_excite(x, width: int, cfg: ModelConfig, name: str):
         return x
     gate = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
     gate = layers.Conv2D(
-        max(1, round(width * cfg.squeeze_excite)), 1, activation="relu", name=f"{name}_se_reduce"
+        scaled_width(width, cfg.squeeze_excite), 1, activation="relu", name=f"{name}_se_reduce"
     )(gate)
     gate = layers.Conv2D(width, 1, activation="sigmoid", name=f"{name}_se_expand")(gate)
     return layers.Multiply(name=f"{name}_se_scale")([x, gate])
