@@ -127,6 +127,14 @@ def prepare(
     skip_bad_rows: Annotated[
         bool, typer.Option("--skip-bad-rows", help="Skip malformed rows or images instead of failing.")
     ] = False,
+    ferplus: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="FER+'s fer2013new.csv (plain or .gz): label the faces with FER+'s 8 classes and keep "
+            "their 10 votes; joined on row order, so SOURCE must be a FER2013 CSV form.",
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
     ] = False,
@@ -164,6 +172,7 @@ def prepare(
             val_fraction=val_fraction,
             seed=seed,
             skip_bad_rows=skip_bad_rows,
+            ferplus=ferplus,
             progress=report,
         )
     skipped = manifest["skipped_rows"]
@@ -195,6 +204,16 @@ def prepare(
     if manifest["val_split"]["origin"] == "carved from train":
         carve = manifest["val_split"]
         console.print(f"val: {carve['fraction']:.0%} of each class of train (seed {carve['seed']})")
+    if "ferplus" in manifest:
+        joined = manifest["ferplus"]
+        dropped = ", ".join(f"{split} {n:,}" for split, n in joined["dropped_faces"].items())
+        majority = ", ".join(f"{split} {n:,}" for split, n in joined["majority_faces"].items())
+        console.print(
+            f"FER+ votes from {joined['file']}: faces left out (votes' argmax unknown or not a face): "
+            f"{dropped}; faces with a strict majority: {majority}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 TRAIN_NOTES = (

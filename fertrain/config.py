@@ -21,7 +21,9 @@ from pydantic import (
 
 from fertrain.errors import ConfigError
 
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+TargetMode = Literal[
+    "labels", "ferplus_majority", "ferplus_probability", "ferplus_crossentropy", "ferplus_multi_target"
+]
 
 
 class Section(BaseModel):
@@ -106,7 +108,9 @@ class ModelConfig(Section):
     input_scaling: Literal["unit", "symmetric"] = Field(
         description="unit: pixels / 255 in [0, 1]; symmetric: pixels / 127.5 - 1 in [-1, 1]"
     )
-    num_classes: int = Field(7, ge=2)
+    num_classes: int = Field(
+        7, ge=2, description="left out: as many as the data's classes; given: checked against them"
+    )
     width_multiplier: float = Field(1.0, gt=0.0, le=16.0)
     stem_widths: list[int] = Field(min_length=1, description="plain 3x3 convs before the residual blocks")
     stem_strides: list[int] = Field(min_length=1, description="one stride (1 or 2) per stem conv")
@@ -247,6 +251,14 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     dir: str = "prepared/sample"
     batch_size: int = Field(64, ge=1)
+    targets: TargetMode = Field(
+        "labels",
+        description="labels: each face's one label; ferplus_*: FER+'s votes (data prepared with --ferplus) "
+        "as Barsoum et al. 2016 train on them: majority (one-hot of the strict majority), probability (a "
+        "class drawn from the vote distribution at each use), crossentropy (the distribution itself), "
+        "multi_target (the likelihood of the set of classes with >= 30 % of the votes); "
+        "rules in data/README.md",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
@@ -270,6 +282,24 @@ class ScheduleConfig(Section):
     plateau_patience: int = Field(5, ge=1)
 
 
+class DistillConfig(Section):
+    """Knowledge distillation: the student also learns the teachers' probabilities, computed once
+    per training face before the first epoch (mean over the teachers and the `tta` views)."""
+
+    teachers: list[str] = Field(
+        default_factory=list,
+        description="[]: off; else run directories, model files or bundled model names (bundled, ferplus) "
+        "whose classes are the data's",
+    )
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="share of the loss that is the teachers'")
+    temperature: float = Field(
+        2.0, gt=0.0, description="softens both distributions; the term is scaled by T^2"
+    )
+    tta: Literal["none", "flip", "crops", "ten_crop"] = Field(
+        "ten_crop", description="views of each face the teachers' probabilities are averaged over"
+    )
+
+
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -291,6 +321,7 @@ class TrainConfig(Section):
         "and after the final epoch (a resumed run redoes the epochs since its last checkpoint; a better "
         "model.keras waits for the next checkpoint)",
     )
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     ema: float = Field(
         0.0,
         ge=0.0,

@@ -10,18 +10,25 @@ from typing import Any
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
-from fertrain.data.dataset import load_split
+from fertrain.data.dataset import dataset_classes, load_split, load_votes
+from fertrain.data.ferplus import majority_mask
 from fertrain.errors import DataError
 from fertrain.fileio import write_atomic
-from fertrain.inference import load_classifier, predict_probabilities, run_data_dir
+from fertrain.inference import (
+    LoadedModel,
+    ensemble_classes,
+    load_classifier,
+    predict_probabilities,
+    run_data_dir,
+)
 from fertrain.metrics import classification_metrics
 from fertrain.plots import confusion_png
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """`summary` is the JSON object `evaluate --json` prints; the arrays are per image."""
+    """`summary` is the JSON object `evaluate --json` prints; the arrays are per image scored (on FER+
+    data: the faces with a strict majority)."""
 
     summary: dict[str, Any]
     faces: np.ndarray
@@ -38,15 +45,41 @@ def confusion_file(run_dir: Path, split: str) -> Path:
     return run_dir / f"confusion-{split}.png"
 
 
-def _checked_labels(labels: np.ndarray, data_dir: Path, split: str) -> np.ndarray:
+def _checked_labels(labels: np.ndarray, data_dir: Path, split: str, classes: tuple[str, ...]) -> np.ndarray:
     if len(labels) == 0:
         raise DataError(f"{data_dir}: split {split!r} has no images")
-    if labels.max() >= len(EMOTIONS):
-        row = int(np.argmax(labels >= len(EMOTIONS)))
+    if labels.max() >= len(classes):
+        row = int(np.argmax(labels >= len(classes)))
         raise DataError(
-            f"{data_dir}/{split}.npz: label {labels[row]} at row {row}; expected 0..{len(EMOTIONS) - 1}"
+            f"{data_dir}/{split}.npz: label {labels[row]} at row {row}; expected 0..{len(classes) - 1}"
         )
     return labels
+
+
+def check_classes(models: Sequence[LoadedModel], data_dir: Path) -> tuple[str, ...]:
+    """The classes the models and the data share; a model that names other classes (or the same
+    in another order) cannot be scored on this data: fertrain maps no class to another by name."""
+    classes = ensemble_classes(models)
+    data_classes = dataset_classes(data_dir)
+    if classes != data_classes:
+        raise DataError(
+            f"{models[0].path}: predicts ({', '.join(classes)}) but {data_dir} is labelled "
+            f"({', '.join(data_classes)}); evaluate a model on data with its own classes"
+        )
+    return classes
+
+
+def ferplus_accuracies(labels: np.ndarray, probabilities: np.ndarray, votes: np.ndarray) -> dict[str, Any]:
+    """FER+'s two figures: accuracy on the faces with a strict majority (the official one, as in
+    Barsoum et al. and Microsoft's code), and on every face whose votes' argmax is an emotion."""
+    correct = np.argmax(probabilities, axis=1) == labels
+    majority = majority_mask(votes)
+    return {
+        "majority_accuracy": float(correct[majority].mean()) if majority.any() else None,
+        "majority_faces": int(majority.sum()),
+        "argmax_accuracy": float(correct.mean()),
+        "argmax_faces": int(len(labels)),
+    }
 
 
 def evaluate(
@@ -62,7 +95,8 @@ def evaluate(
 
     `data_dir` defaults to the data the first target (a run directory) was trained on. When the
     only target is a run directory, evaluation-<split>.json and confusion-<split>.png are written
-    into it; `out` also receives the JSON summary.
+    into it; `out` also receives the JSON summary. On data with FER+ votes the metrics are those of
+    the strict-majority faces (FER+'s official figure); `ferplus` adds the argmax figure.
     """
     if not targets:
         raise DataError("no model given: pass a run directory or a model file")
@@ -72,16 +106,24 @@ def evaluate(
             raise DataError(f"{models[0].path}: not a run directory, so pass the data with --data DIR")
         data_dir = run_data_dir(models[0].run_dir)
     data_dir = Path(data_dir)
+    classes = check_classes(models, data_dir)
     faces, labels = load_split(data_dir, split)
-    labels = _checked_labels(labels, data_dir, split)
+    labels = _checked_labels(labels, data_dir, split, classes)
     probabilities = predict_probabilities(models, faces, normalize=normalize, tta=tta, batch_size=batch_size)
+    votes = load_votes(data_dir, split)
+    ferplus = {}
+    if votes is not None:
+        ferplus = {"ferplus": ferplus_accuracies(labels, probabilities, votes)}
+        scored = majority_mask(votes)
+        faces, labels, probabilities = faces[scored], labels[scored], probabilities[scored]
     summary = {
         "models": [str(model.path) for model in models],
         "data_dir": str(data_dir),
         "split": split,
         "tta": tta,
         "normalize": normalize,
-        **classification_metrics(labels, probabilities),
+        **classification_metrics(labels, probabilities, classes),
+        **ferplus,
     }
     written = _write_outputs(summary, models[0].run_dir if len(models) == 1 else None, out)
     return Evaluation(summary, faces, labels, probabilities, written)

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from fertrain.config import EMOTIONS, load_config
+from fertrain.config import load_config
 from fertrain.errors import DataError, ModelError
 
 # Files of a run directory: `fertrain train` writes them, evaluate, report, export and predict read them.
@@ -46,16 +46,19 @@ TF_BATCHES_IN_FLIGHT = 2
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, classes].
+    """A classifier taking float32 [N, S, S, 1] pixels and returning probabilities [N, len(classes)].
 
-    `forward` may be called from `batches_in_flight` threads at once. `crop_margin` is the border
-    a fertrain network trained on random crops cuts off each side (its `model.crop_size`), 0 if none.
+    `classes` names the output columns: the names saved in the model, else FER2013's emotions for a
+    7-output model saved without names. `forward` may be called from `batches_in_flight` threads at
+    once. `crop_margin` is the border a fertrain network trained on random crops cuts off each side
+    (its `model.crop_size`), 0 if none.
     """
 
     path: Path
     run_dir: Path | None
     input_size: int
     forward: Callable[[np.ndarray], np.ndarray]
+    classes: tuple[str, ...]
     batches_in_flight: int = 1
     crop_margin: int = 0
 
@@ -107,9 +110,22 @@ def _square_grayscale_size(path: Path, shape: Sequence[int | None]) -> int:
     return int(shape[1])
 
 
-def _check_output(path: Path, shape: Sequence[int | None]) -> None:
-    if len(shape) != 2 or shape[1] != len(EMOTIONS):
-        raise ModelError(f"{path}: output shape {tuple(shape)} is not (None, {len(EMOTIONS)}) emotion scores")
+def _output_classes(
+    path: Path, shape: Sequence[int | None], saved: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    from fertrain.models.class_names import default_class_names
+
+    if len(shape) != 2 or shape[1] is None:
+        raise ModelError(f"{path}: output shape {tuple(shape)} is not (None, classes) class scores")
+    if saved is not None:
+        return saved
+    classes = default_class_names(int(shape[1]))
+    if classes is None:
+        raise ModelError(
+            f"{path}: {shape[1]} outputs and no class names saved in the model; a model without names "
+            "must have FER2013's 7 emotion outputs (fertrain saves the names of every model it trains)"
+        )
+    return classes
 
 
 def load_keras_model(path: Path):
@@ -133,7 +149,9 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
             f"{path}: expected one input and one output, got {len(model.inputs)} and {len(model.outputs)}"
         )
     size = _square_grayscale_size(path, tuple(model.inputs[0].shape))
-    _check_output(path, tuple(model.outputs[0].shape))
+    from fertrain.models.class_names import saved_class_names
+
+    classes = _output_classes(path, tuple(model.outputs[0].shape), saved_class_names(model))
     import keras
 
     in_flight = 1
@@ -147,7 +165,7 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
     def forward(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(batch))
 
-    return LoadedModel(path, run_dir, size, forward, in_flight, _crop_margin(model, size))
+    return LoadedModel(path, run_dir, size, forward, classes, in_flight, _crop_margin(model, size))
 
 
 def _crop_margin(model, input_size: int) -> int:
@@ -183,12 +201,20 @@ def _saved_model_classifier(path: Path) -> LoadedModel:
         raise ModelError(f"{path}: SavedModel signature must have one input and one output")
     (input_name, input_spec), (output_name, output_spec) = *inputs.items(), *outputs.items()
     size = _square_grayscale_size(path, tuple(input_spec.shape))
-    _check_output(path, tuple(output_spec.shape))
+    classes = _output_classes(path, tuple(output_spec.shape), _saved_model_class_names(loaded))
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return signature(**{input_name: tf.constant(batch, input_spec.dtype)})[output_name].numpy()
 
-    return LoadedModel(path, None, size, forward, TF_BATCHES_IN_FLIGHT)
+    return LoadedModel(path, None, size, forward, classes, TF_BATCHES_IN_FLIGHT)
+
+
+def _saved_model_class_names(loaded) -> tuple[str, ...] | None:
+    """The class names `fertrain export` stores in a SavedModel as the `class_names` constant."""
+    names = getattr(loaded, "class_names", None)
+    if names is None:
+        return None
+    return tuple(name.decode() for name in names.numpy().tolist())
 
 
 def load_classifier(target: str | Path | LoadedModel) -> LoadedModel:
@@ -248,7 +274,7 @@ def _model_probabilities(
     model: LoadedModel, faces: np.ndarray, normalize: str, batch_size: int
 ) -> np.ndarray:
     if len(faces) == 0:
-        return np.zeros((0, len(EMOTIONS)), dtype=np.float64)
+        return np.zeros((0, len(model.classes)), dtype=np.float64)
 
     def forward(start: int) -> np.ndarray:
         return model.forward(model_inputs(faces[start : start + batch_size], model.input_size, normalize))
@@ -269,6 +295,17 @@ def _model_probabilities(
     return probabilities
 
 
+def ensemble_classes(models: Sequence[LoadedModel]) -> tuple[str, ...]:
+    """The classes every model of an ensemble shares; averaging differently named outputs is an error."""
+    for model in models[1:]:
+        if model.classes != models[0].classes:
+            raise ModelError(
+                f"{model.path}: classes ({', '.join(model.classes)}) differ from those of "
+                f"{models[0].path} ({', '.join(models[0].classes)}); an ensemble must share one class list"
+            )
+    return models[0].classes
+
+
 def predict_probabilities(
     models: Sequence[LoadedModel],
     faces: np.ndarray,
@@ -277,8 +314,9 @@ def predict_probabilities(
     batch_size: int = 256,
 ) -> np.ndarray:
     """Mean probabilities [N, classes] over every model (an ensemble) and every TTA view of uint8
-    faces [N, 48, 48]."""
-    total = np.zeros((len(faces), len(EMOTIONS)), dtype=np.float64)
+    faces [N, 48, 48]. The models must name the same classes in the same order."""
+    classes = ensemble_classes(models)
+    total = np.zeros((len(faces), len(classes)), dtype=np.float64)
     for model in models:
         views = tta_views(faces, tta, model.tta_shift)
         for view in views:

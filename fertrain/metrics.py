@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
-
 # The headline numbers of `classification_metrics` and how the terminal and the report label them.
 SUMMARY_METRICS = (
     ("accuracy", "accuracy"),
@@ -51,7 +49,7 @@ def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> flo
 
 
 def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...] = EMOTIONS
+    labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]
 ) -> dict[str, Any]:
     """Every number `fertrain evaluate` reports, as plain JSON-ready Python values.
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
 from fertrain.errors import DataError, ModelError
 from fertrain.inference import (
     FACE_SIZE,
@@ -140,9 +139,10 @@ def detect_faces(detector, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h in boxes)
 
 
-def top_emotions(probabilities: np.ndarray) -> list[tuple[str, float]]:
+def top_emotions(probabilities: np.ndarray, classes: tuple[str, ...]) -> list[tuple[str, float]]:
+    """The TOP_K most probable classes (named as the model names them) with their probabilities."""
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
-    return [(EMOTIONS[i], float(probabilities[i])) for i in order]
+    return [(classes[i], float(probabilities[i])) for i in order]
 
 
 def annotate(rgb: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
@@ -215,7 +215,9 @@ def predict_images(
     probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize, tta=tta))
     results, taken = [], set()
     for path, rgb, boxes in zip(paths, pictures, boxes_per_image, strict=True):
-        predictions = [FacePrediction(box, top_emotions(next(probabilities))) for box in boxes]
+        predictions = [
+            FacePrediction(box, top_emotions(next(probabilities), classifier.classes)) for box in boxes
+        ]
         annotated = None
         if annotate_dir is not None:
             target = _annotated_path(Path(annotate_dir), path, taken)

@@ -17,6 +17,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("TTA / normalize", f"{summary['tta']} / {summary['normalize']}")
     for key, label in SUMMARY_METRICS:
         table.add_row(label, f"{summary[key]:.4f}")
+    ferplus = summary.get("ferplus")
+    if ferplus is not None:
+        table.add_row(
+            "FER+ majority accuracy",
+            f"{ferplus['majority_accuracy']:.4f} ({ferplus['majority_faces']} faces, the figures above)",
+        )
+        table.add_row(
+            "FER+ argmax accuracy", f"{ferplus['argmax_accuracy']:.4f} ({ferplus['argmax_faces']} faces)"
+        )
     return table
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
 from fertrain.errors import DataError
 from fertrain.fileio import removed_on_failure, write_atomic, writing
 from fertrain.inference import FACE_SIZE, LoadedModel, load_classifier, predict_probabilities
@@ -46,7 +45,12 @@ ANNOTATED_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".mov": "mp4
 FILE_BATCH_FRAMES = 16
 CAMERA_BATCH_FRAMES = 4
 CAMERA_FALLBACK_FPS = 30.0  # the annotated video's rate when a camera does not report its own
-TABLE_COLUMNS = ("frame", "time_s", "x", "y", "width", "height", *EMOTIONS, "top")
+
+
+def table_columns(classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The header of `--out` CSV: one probability column per class the model names."""
+    return ("frame", "time_s", "x", "y", "width", "height", *classes, "top")
+
 
 Box = tuple[int, int, int, int]
 Frame = tuple[int, np.ndarray]  # index among all frames read, BGR picture
@@ -61,18 +65,19 @@ class FaceRow:
     frame: int  # index among all the frames read, 0 first
     time_s: float
     box: Box  # x, y, width, height in the frame
-    probabilities: tuple[float, ...]  # in EMOTIONS order
+    probabilities: tuple[float, ...]  # in the order of `classes`
+    classes: tuple[str, ...]  # the model's
 
     @property
     def top(self) -> str:
-        return EMOTIONS[int(np.argmax(self.probabilities))]
+        return self.classes[int(np.argmax(self.probabilities))]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "frame": self.frame,
             "time_s": self.time_s,
             "box": list(self.box),
-            "probabilities": dict(zip(EMOTIONS, self.probabilities, strict=True)),
+            "probabilities": dict(zip(self.classes, self.probabilities, strict=True)),
             "top": self.top,
         }
 
@@ -85,7 +90,10 @@ class FrameResult:
 
     def predictions(self) -> list[FacePrediction]:
         """The faces in the form `fertrain.predict.annotate` draws."""
-        return [FacePrediction(face.box, top_emotions(np.asarray(face.probabilities))) for face in self.faces]
+        return [
+            FacePrediction(face.box, top_emotions(np.asarray(face.probabilities), face.classes))
+            for face in self.faces
+        ]
 
 
 FrameCallback = Callable[[FrameResult, np.ndarray], None]  # an analysed frame and its BGR picture
@@ -196,7 +204,7 @@ class _Table:
     at once, so even a killed process leaves every frame classified; JSON, one list, is written whole
     when closed, also after an error."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, classes: tuple[str, ...]):
         self.path = path
         self._json = path.suffix.lower() == ".json"
         self._rows: list[dict[str, Any]] = []
@@ -205,7 +213,7 @@ class _Table:
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = path.open("w", encoding="utf-8", newline="")
-            self._write_lines([TABLE_COLUMNS])
+            self._write_lines([table_columns(classes)])
 
     def add(self, rows: list[FaceRow]) -> None:
         if self._json:
@@ -326,7 +334,10 @@ def _analyse(
         stages["model"] += time.perf_counter() - start
         start = time.perf_counter()
         for index, seconds, frame, boxes in pending.frames:
-            rows = [FaceRow(index, seconds, box, tuple(map(float, next(probabilities)))) for box in boxes]
+            rows = [
+                FaceRow(index, seconds, box, tuple(map(float, next(probabilities))), classifier.classes)
+                for box in boxes
+            ]
             result = FrameResult(index, seconds, rows)
             summary.frames_analysed += 1
             summary.faces += len(rows)
@@ -353,7 +364,7 @@ def _analyse(
                 stages["detect"] += time.perf_counter() - start
                 # Outputs open at the first frame: an empty video or a silent camera leaves none behind.
                 if out is not None and table is None:
-                    table = _Table(Path(out))
+                    table = _Table(Path(out), classifier.classes)
                     summary.table = table.path
                 if annotated is not None and video is None:
                     video = _AnnotatedVideo(Path(annotated), (fps or CAMERA_FALLBACK_FPS) / every, frame)

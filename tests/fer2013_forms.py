@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fertrain.config import EMOTIONS
+from fertrain.data.dataset import FER2013_CLASSES
 
 HEADER = "emotion,pixels,Usage"
 USAGE_SPLITS = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -98,7 +98,7 @@ def write_competition_zip(rows, path: Path) -> Path:
 def write_image_folder(rows, root: Path) -> Path:
     """train/<emotion>/Training_<row>.png; PublicTest and PrivateTest rows in test/, as on Kaggle."""
     for index, (emotion, pixels, usage) in enumerate(rows):
-        folder = root / ("train" if usage == "Training" else "test") / EMOTIONS[emotion]
+        folder = root / ("train" if usage == "Training" else "test") / FER2013_CLASSES[emotion]
         folder.mkdir(parents=True, exist_ok=True)
         image = np.array([int(v) for v in pixels.split(" ")], dtype=np.uint8).reshape(48, 48)
         Image.fromarray(image, mode="L").save(folder / f"{usage}_{index:05d}.png")

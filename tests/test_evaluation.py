@@ -12,7 +12,7 @@ from cli_main import run_cli
 from run_dirs import tiny_model_file, tiny_run
 from sklearn import metrics as skm
 
-from fertrain.data.dataset import load_split
+from fertrain.data.dataset import FER2013_CLASSES, load_split
 from fertrain.errors import ModelError
 from fertrain.evaluation import evaluate
 from fertrain.metrics import classification_metrics
@@ -95,7 +95,8 @@ def test_tta_flip_and_crops_average_the_documented_views(
     expected_flip = (direct_probabilities(faces) + direct_probabilities(faces[:, :, ::-1])) / 2
     np.testing.assert_allclose(flip.probabilities, expected_flip, atol=1e-6)
     assert flip.summary["tta"] == "flip"
-    assert flip.summary == {**flip.summary, **classification_metrics(labels, flip.probabilities)}
+    expected = classification_metrics(labels, flip.probabilities, FER2013_CLASSES)
+    assert flip.summary == {**flip.summary, **expected}
 
     crops = evaluate([model_path], prepared_sample, tta="crops")
     shifts = [(0, 0), (3, 3), (3, -3), (-3, 3), (-3, -3)]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from fertrain.data.dataset import FER2013_CLASSES
 from fertrain.metrics import classification_metrics
 
 CLASSES = list(range(7))
@@ -26,7 +27,7 @@ def _random_predictions(seed: int, n: int, missing_class: int | None = None):
 def test_metrics_equal_scikit_learn(seed, missing_class):
     labels, probabilities = _random_predictions(seed, 500, missing_class)
     predictions = probabilities.argmax(axis=1)
-    got = classification_metrics(labels, probabilities)
+    got = classification_metrics(labels, probabilities, FER2013_CLASSES)
 
     assert got["num_images"] == 500
     assert got["accuracy"] == skm.accuracy_score(labels, predictions)
@@ -50,7 +51,7 @@ def test_metrics_equal_scikit_learn(seed, missing_class):
 
 def test_class_absent_from_labels_and_predictions_is_left_out_of_macro_average():
     labels, probabilities = _random_predictions(2, 300, missing_class=1)
-    got = classification_metrics(labels, probabilities)
+    got = classification_metrics(labels, probabilities, FER2013_CLASSES)
     disgust = got["per_class"][1]
     assert disgust == {"class": "disgust", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert got["confusion_matrix_normalized"][1] == [0.0] * 7
@@ -64,7 +65,7 @@ def test_hand_computed_small_case():
     for row, (first, second) in enumerate([(0, 3), (3, 0), (3, 6), (6, 0), (6, 3)]):
         probabilities[row, first] = 0.5
         probabilities[row, second] = 0.25
-    got = classification_metrics(labels, probabilities)
+    got = classification_metrics(labels, probabilities, FER2013_CLASSES)
     assert got["accuracy"] == 3 / 5  # rows 0, 2 and 4
     assert got["top2_accuracy"] == 4 / 5  # row 3: true class 3 is not in {6, 0}
     assert got["loss"] == pytest.approx(-(3 * np.log(0.5) + np.log(0.25) + np.log(0.05)) / 5)

@@ -17,8 +17,7 @@ from run_dirs import tiny_run
 
 import fertrain.models  # noqa: F401  (registers fertrain's layers for loading the bundled model)
 import fertrain.predict
-from fertrain.config import EMOTIONS
-from fertrain.data.dataset import load_split
+from fertrain.data.dataset import FER2013_CLASSES, load_split
 from fertrain.predict import detect_faces, face_detector, predict_images
 
 pytestmark = pytest.mark.slow
@@ -73,7 +72,7 @@ def _detectable_faces(faces: np.ndarray, corners: list[tuple[int, int]]) -> list
 
 def _expected_top3(probabilities):
     order = np.argsort(-probabilities)[:3]
-    return [(EMOTIONS[i], pytest.approx(float(probabilities[i]), abs=1e-5)) for i in order]
+    return [(FER2013_CLASSES[i], pytest.approx(float(probabilities[i]), abs=1e-5)) for i in order]
 
 
 def test_48px_crops_are_classified_as_they_are(run_dir, test_faces, model_probabilities, tmp_path):

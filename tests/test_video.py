@@ -14,7 +14,7 @@ from boxes import iou
 from cli_main import run_cli
 
 import fertrain.video
-from fertrain.config import EMOTIONS
+from fertrain.data.dataset import FER2013_CLASSES
 from fertrain.inference import load_classifier
 from fertrain.predict import BUNDLED_MODEL, read_image
 from fertrain.video import VideoOptions, predict_camera, predict_video
@@ -82,9 +82,9 @@ def test_every_frame_has_the_face_its_probabilities_and_an_annotated_copy(video,
         assert float(row["time_s"]) == pytest.approx(int(row["frame"]) / FPS, abs=1e-3)
         box = tuple(int(row[key]) for key in ("x", "y", "width", "height"))
         assert iou(box, FACE) > 0.6
-        probabilities = [float(row[name]) for name in EMOTIONS]
+        probabilities = [float(row[name]) for name in FER2013_CLASSES]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
-        assert row["top"] == EMOTIONS[int(np.argmax(probabilities))]
+        assert row["top"] == FER2013_CLASSES[int(np.argmax(probabilities))]
     assert sum(summary.top_frames.values()) == FRAMES
     assert summary.top_frames[rows[0]["top"]] >= FRAMES // 2  # a still picture keeps its emotion
 

@@ -19,6 +19,7 @@ from fertrain.data.records import (
     SourceData,
     shorten,
     split_by_index,
+    split_rows,
 )
 from fertrain.errors import DataError
 
@@ -112,12 +113,15 @@ def read_fer2013_csv(data: bytes, name: str, bad_rows: BadRows, progress: Progre
     images = np.empty((rows, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     labels = np.empty(rows, dtype=np.uint8)
     splits = np.empty(rows, dtype=np.uint8)
-    kept = 0
+    # Each kept row's position among the data rows (blank lines are not rows), for joining FER+.
+    ordinals = np.empty(rows, dtype=np.int64)
+    kept = ordinal = 0
     for line_number, line in enumerate(lines[1:], start=2):
         if line_number % PROGRESS_EVERY == 0:
             progress("parsing", line_number - 1, rows)
         if not line.strip():
             continue
+        ordinal += 1
         fields = line.split(b",")
         row = (
             _parse_row(fields, positions)
@@ -129,6 +133,7 @@ def read_fer2013_csv(data: bytes, name: str, bad_rows: BadRows, progress: Progre
             continue
         pixels, labels[kept], splits[kept] = row
         images[kept] = pixels.reshape(IMAGE_SIZE, IMAGE_SIZE)
+        ordinals[kept] = ordinal - 1
         kept += 1
     progress("parsing", rows, rows)
     return SourceData(
@@ -136,4 +141,6 @@ def read_fer2013_csv(data: bytes, name: str, bad_rows: BadRows, progress: Progre
         layout=layout,
         splits=split_by_index(images[:kept], labels[:kept], splits[:kept]),
         skipped=bad_rows.skipped,
+        rows={split: ordinals[:kept][at] for split, at in split_rows(splits[:kept]).items()},
+        row_count=ordinal,
     )

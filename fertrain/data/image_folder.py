@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fertrain.config import EMOTIONS
-from fertrain.data.dataset import SPLITS
+from fertrain.data.dataset import FER2013_CLASSES, SPLITS
 from fertrain.data.records import (
     IMAGE_SIZE,
     BadRows,
@@ -36,7 +35,7 @@ SPLIT_FOLDERS = {
 FILE_PREFIX_SPLITS = {"training_": "train", "publictest_": "val", "privatetest_": "test"}
 # Folder names used by the image versions on Kaggle, besides fertrain's own label names.
 EMOTION_ALIASES = {"anger": 0, "disgusted": 1, "fearful": 2, "happiness": 3, "sadness": 4, "surprised": 5}
-EMOTION_FOLDERS = {name: label for label, name in enumerate(EMOTIONS)} | EMOTION_ALIASES
+EMOTION_FOLDERS = {name: label for label, name in enumerate(FER2013_CLASSES)} | EMOTION_ALIASES
 JUNK_FILES = {"thumbs.db", "desktop.ini"}
 LAYOUT = "train/<emotion>/*, test/<emotion>/* images"
 
@@ -78,7 +77,7 @@ def _list_images(folder: Path, shown: str) -> list[tuple[int, tuple, int, Path]]
             if label is None or not class_dir.is_dir():
                 raise DataError(
                     f"{shown}/{class_dir.relative_to(folder).as_posix()}: expected an emotion folder "
-                    f"named one of {', '.join(EMOTIONS)}"
+                    f"named one of {', '.join(FER2013_CLASSES)}"
                 )
             for image in class_dir.iterdir():
                 if image.is_file() and not _is_junk(image):

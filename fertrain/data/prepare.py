@@ -17,9 +17,16 @@ from typing import Any
 import numpy as np
 
 from fertrain import __version__
-from fertrain.config import EMOTIONS
 from fertrain.data.dataset import MANIFEST, SPLITS
-from fertrain.data.records import IMAGE_SIZE, NUM_CLASSES, Progress, SourceData, no_progress
+from fertrain.data.ferplus import (
+    FERPLUS_CLASSES,
+    argmax_labels,
+    emotion_argmax_kept,
+    join_check,
+    majority_mask,
+    read_ferplus_votes,
+)
+from fertrain.data.records import IMAGE_SIZE, USAGE_TO_SPLIT, Progress, SourceData, no_progress
 from fertrain.data.sources import read_source, sha256_of
 from fertrain.errors import DataError
 from fertrain.fileio import writing
@@ -28,21 +35,22 @@ from fertrain.fileio import writing
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, carved) that carve `fraction` of each class off, both in source order."""
     rng = np.random.default_rng(seed)
-    carved = []
-    for label in range(NUM_CLASSES):
+    carved = [np.zeros(0, dtype=np.int64)]
+    for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         carved.append(rng.permutation(members)[: round(len(members) * fraction)])
     carved = np.sort(np.concatenate(carved))
     return np.setdiff1d(np.arange(len(labels)), carved), carved
 
 
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
-    return {emotion: int(count) for emotion, count in zip(EMOTIONS, counts, strict=True)}
+def class_counts(labels: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(classes))
+    return {name: int(count) for name, count in zip(classes, counts, strict=True)}
 
 
-def _carve_val(splits: dict, val_fraction: float, seed: int) -> dict[str, Any]:
+def _carve_val(data: SourceData, val_fraction: float, seed: int) -> dict[str, Any]:
     """Adds a stratified val split taken from train when the source has none; says what it did."""
+    splits = data.splits
     if "val" in splits:
         return {"origin": "source"}
     if "train" not in splits or val_fraction == 0:
@@ -51,7 +59,45 @@ def _carve_val(splits: dict, val_fraction: float, seed: int) -> dict[str, Any]:
     kept, carved = stratified_split(labels, val_fraction, seed)
     splits["train"] = images[kept], labels[kept]
     splits["val"] = images[carved], labels[carved]
+    if "train" in data.votes:
+        votes = data.votes["train"]
+        data.votes["train"], data.votes["val"] = votes[kept], votes[carved]
     return {"origin": "carved from train", "fraction": val_fraction, "seed": seed}
+
+
+def join_ferplus(data: SourceData, votes_path: Path, source_name: str) -> dict[str, Any]:
+    """Replaces `data`'s FER2013 labels by FER+'s: joins the vote rows on row order (each row's
+    Usage must agree), keeps the faces whose votes' argmax is an emotion, labels them with it, and
+    keeps their 10 vote counts. Returns what the manifest records of the join."""
+    if data.rows is None:
+        raise DataError(
+            f"{source_name}: --ferplus joins FER+ votes to FER2013's rows by order, so the source must be "
+            f"a FER2013 CSV (plain, .gz, or inside a .tar.gz/.zip), not {data.layout}"
+        )
+    try:
+        raw = votes_path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{votes_path}: cannot read ({exc.strerror or exc})") from None
+    votes = read_ferplus_votes(raw, str(votes_path))
+    usage_of_split = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
+    rows = np.concatenate([data.rows[split] for split in data.splits])
+    usage = np.concatenate([[usage_of_split[split]] * len(data.rows[split]) for split in data.splits])
+    join_check(votes, data.row_count, rows, usage, source_name)
+    dropped = {}
+    for split, (images, _) in list(data.splits.items()):
+        split_votes = votes.votes[data.rows[split]]
+        keep = emotion_argmax_kept(split_votes)
+        data.splits[split] = images[keep], argmax_labels(split_votes[keep])
+        data.votes[split] = split_votes[keep]
+        dropped[split] = int((~keep).sum())
+    data.classes = FERPLUS_CLASSES
+    return {
+        "file": votes_path.name,
+        "sha256": sha256_of(votes_path),
+        "dropped_faces": dropped,
+        "majority_faces": {split: int(majority_mask(v).sum()) for split, v in data.votes.items()},
+        "rules": "data/README.md, section FER+ vote labels",
+    }
 
 
 def _manifest(source: Path, data: SourceData, val_split: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +108,7 @@ def _manifest(source: Path, data: SourceData, val_split: dict[str, Any]) -> dict
             "present": images is not None,
             "file": f"{split}.npz" if images is not None else None,
             "count": int(len(labels)),
-            "class_counts": class_counts(labels),
+            "class_counts": class_counts(labels, data.classes),
         }
     return {
         "fertrain_version": __version__,
@@ -75,7 +121,8 @@ def _manifest(source: Path, data: SourceData, val_split: dict[str, Any]) -> dict
             "sha256": sha256_of(source),
             "sha256_of": "directory listing (sha256sum of every file)" if source.is_dir() else "file",
         },
-        "classes": list(EMOTIONS),
+        "classes": list(data.classes),
+        "targets": ["labels", "votes"] if data.votes else ["labels"],
         "image_shape": [IMAGE_SIZE, IMAGE_SIZE],
         "splits": splits,
         "val_split": val_split,
@@ -91,12 +138,13 @@ def _check_destination(out: Path) -> None:
         raise DataError(f"{out}: not empty and not a `fertrain prepare` output; choose another --out")
 
 
-def _write_atomically(out: Path, splits: dict, manifest: dict[str, Any]) -> None:
+def _write_atomically(out: Path, data: SourceData, manifest: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        for split, (images, labels) in splits.items():
-            np.savez(staging / f"{split}.npz", images=images, labels=labels)
+        for split, (images, labels) in data.splits.items():
+            votes = {"votes": data.votes[split]} if split in data.votes else {}
+            np.savez(staging / f"{split}.npz", images=images, labels=labels, **votes)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         staging.chmod(0o755)
         if out.exists():
@@ -118,18 +166,27 @@ def prepare(
     val_fraction: float = 0.1,
     seed: int = 42,
     skip_bad_rows: bool = False,
+    ferplus: str | Path | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """Reads FER2013 from `source` in any accepted form, writes `out`, returns its manifest."""
+    """Reads FER2013 from `source` in any accepted form, writes `out`, returns its manifest.
+
+    With `ferplus` (FER+'s fer2013new.csv, plain or .gz) the faces are labelled with FER+'s 8 classes
+    and keep their 10 vote counts (`join_ferplus`)."""
     source, out = Path(source), Path(out)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction}: expected a fraction in [0, 1)")
     _check_destination(out)
+    if ferplus is not None and not Path(ferplus).is_file():
+        raise DataError(f"{ferplus}: no such FER+ votes file (fer2013new.csv, plain or .gz)")
     data = read_source(source, fmt, skip_bad_rows, progress)
+    joined = join_ferplus(data, Path(ferplus), str(source)) if ferplus is not None else None
     if not any(len(labels) for _, labels in data.splits.values()):
         raise DataError(f"{source}: no usable images found")
-    val_split = _carve_val(data.splits, val_fraction, seed)
+    val_split = _carve_val(data, val_fraction, seed)
     manifest = _manifest(source, data, val_split)
+    if joined is not None:
+        manifest["ferplus"] = joined
     with writing(out):
-        _write_atomically(out, data.splits, manifest)
+        _write_atomically(out, data, manifest)
     return manifest

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fertrain.config import EMOTIONS
-from fertrain.data.dataset import SPLITS
+from fertrain.data.dataset import FER2013_CLASSES, SPLITS
 from fertrain.errors import DataError
 
 IMAGE_SIZE = 48
-NUM_CLASSES = len(EMOTIONS)
+NUM_CLASSES = len(FER2013_CLASSES)
 # Kaggle's Usage column names the splits; fertrain calls them train/val/test.
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 
@@ -27,18 +26,32 @@ def no_progress(description: str, completed: int, total: int) -> None:
 
 @dataclass
 class SourceData:
-    """Images uint8 [N, 48, 48] and labels uint8 [N] per split, in source order."""
+    """Images uint8 [N, 48, 48] and labels uint8 [N] per split, in source order.
+
+    `classes` names the labels. A reader that keeps its source's row order (the CSV forms) fills
+    `rows`: each kept image's position among the source's data rows, which FER+'s votes join on,
+    and `row_count`, the source's data rows, bad ones included. `votes` holds FER+'s vote counts
+    per split once they are joined."""
 
     format: str
     layout: str
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     skipped: list[str] = field(default_factory=list)
+    classes: tuple[str, ...] = FER2013_CLASSES
+    rows: dict[str, np.ndarray] | None = None
+    row_count: int = 0
+    votes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def split_by_index(images: np.ndarray, labels: np.ndarray, split_indices: np.ndarray) -> dict:
     """{split name: (images, labels)} for the splits present; `split_indices` index `SPLITS`."""
+    return {split: (images[rows], labels[rows]) for split, rows in split_rows(split_indices).items()}
+
+
+def split_rows(split_indices: np.ndarray) -> dict[str, np.ndarray]:
+    """{split name: positions of its rows} for the splits present; `split_indices` index `SPLITS`."""
     return {
-        split: (images[split_indices == index], labels[split_indices == index])
+        split: np.flatnonzero(split_indices == index)
         for index, split in enumerate(SPLITS)
         if (split_indices == index).any()
     }

@@ -8,10 +8,13 @@ file that loads with `safe_mode=True` once `fertrain.models` is imported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
 from fertrain.config import ModelConfig
+from fertrain.models.class_names import with_class_names
 from fertrain.models.layers import FusedBatchNormalization, SeparableConv2D
 
 # The layer ten-crop TTA looks for to place its crops where the network will cut them.
@@ -156,8 +159,9 @@ def classifier(x, cfg: ModelConfig):
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)
 
 
-def build_model(cfg: ModelConfig) -> keras.Model:
-    """Input: raw 0-255 pixels (N, S, S, 1), uint8 or float. Output: float32 softmax (N, num_classes)."""
+def build_model(cfg: ModelConfig, classes: Sequence[str] | None = None) -> keras.Model:
+    """Input: raw 0-255 pixels (N, S, S, 1), uint8 or float. Output: float32 softmax (N, num_classes),
+    its columns named by `classes` inside the model when given (see `fertrain.models.class_names`)."""
     inputs = keras.Input(shape=(cfg.input_size, cfg.input_size, 1), name="pixels")
     x = inputs
     if cfg.crop_size:
@@ -172,4 +176,6 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     x = middle_flow(x, cfg)
     x = exit_flow(x, cfg)
     outputs = classifier(x, cfg)
+    if classes is not None:
+        outputs = with_class_names(outputs, classes)
     return keras.Model(inputs, outputs, name=cfg.architecture)

@@ -18,7 +18,13 @@ from fertrain.training.augmentation import BatchMixer
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Yields (images [B, H, W, 1], one-hot float32 labels [B, K][, float32 weights [B]]).
+    """Yields (images [B, H, W, 1], float32 targets [B, K] (or [B, 2K])[, float32 weights [B]]).
+
+    Targets are the labels one-hot, or the rows of `targets` (soft: FER+'s vote distributions). With
+    `sample_targets` each use of a face draws one class from its row instead (FER+'s `probability`
+    mode), seeded by (seed, epoch, batch) like the shuffle, so a resumed run draws the same classes.
+    `teacher` probabilities [N, K] are appended after the targets for distillation (`DistillationLoss`
+    splits them off again). A class weight applies to a soft row as the row's mean weight.
 
     Images stay uint8 unless `image_dtype` says otherwise (float16 holds 0-255 exactly); a `mixer`
     (mixup/CutMix) makes them float32 blends and the labels soft.
@@ -43,6 +49,9 @@ class ArrayBatches(keras.utils.PyDataset):
         drop_remainder: bool = False,
         pad_remainder: bool = False,
         mixer: BatchMixer | None = None,
+        targets: np.ndarray | None = None,
+        sample_targets: bool = False,
+        teacher: np.ndarray | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -53,8 +62,11 @@ class ArrayBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.pad_remainder = pad_remainder
         self.shuffle_seed = shuffle_seed
-        self.class_weights = None if class_weights is None else class_weights.astype("float32")
         self.one_hot = np.eye(num_classes, dtype="float32")
+        self.targets = self.one_hot[labels] if targets is None else targets.astype("float32")
+        self.sample_targets = sample_targets
+        self.teacher = None if teacher is None else teacher.astype("float32")
+        self.row_weights = None if class_weights is None else (self.targets @ class_weights).astype("float32")
         self.mixer = mixer
         self.epoch = 0
         self._order = self._order_for(0)
@@ -79,15 +91,28 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        labels = self.labels[rows]
-        batch = (self.images[rows][..., None].astype(self.image_dtype, copy=False), self.one_hot[labels])
-        if self.class_weights is not None:
-            batch = (*batch, self.class_weights[labels])
+        targets = self.targets[rows]
+        if self.sample_targets:
+            targets = self._sampled(targets, index)
+        if self.teacher is not None:
+            targets = np.concatenate([targets, self.teacher[rows]], axis=1)
+        batch = (self.images[rows][..., None].astype(self.image_dtype, copy=False), targets)
+        if self.row_weights is not None:
+            batch = (*batch, self.row_weights[rows])
         if self.pad_remainder:
             return self._padded(*batch)
         if self.mixer is None:
             return batch
         return self.mixer(np.random.default_rng([self.shuffle_seed or 0, self.epoch, index]), *batch)
+
+    def _sampled(self, distributions: np.ndarray, index: int) -> np.ndarray:
+        """One class per row drawn from its distribution, one-hot; its own stream, not the mixer's."""
+        uniform = np.random.default_rng([self.shuffle_seed or 0, self.epoch, index, 1]).random(
+            len(distributions)
+        )
+        cumulative = np.cumsum(distributions, axis=1)
+        drawn = np.minimum((uniform[:, None] >= cumulative).sum(axis=1), distributions.shape[1] - 1)
+        return self.one_hot[drawn]
 
     def _padded(self, images: np.ndarray, labels: np.ndarray):
         blank = self.batch_size - len(labels)
@@ -100,9 +125,11 @@ class ArrayBatches(keras.utils.PyDataset):
 class LabelledAccuracy(keras.metrics.CategoricalAccuracy):
     """Categorical accuracy of the rows that have a label: the blank rows padding a last validation
     batch (all-zero labels) do not count. Keras gives `metrics` no sample weights, so these rows
-    weigh by their label mass: 1 for one-hot and mixed labels alike."""
+    weigh by their label mass: 1 for one-hot and mixed labels alike. Teacher probabilities appended
+    to the targets (distillation) are left out: accuracy is against the data's own targets."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = y_true[..., : y_pred.shape[-1]]
         return super().update_state(y_true, y_pred, sample_weight=keras.ops.sum(y_true, axis=-1))
 
 

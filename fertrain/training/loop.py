@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from fertrain.config import Config, dump_config, load_config
-from fertrain.data.dataset import load_split
+from fertrain.data.dataset import dataset_classes, load_split, load_votes
 from fertrain.errors import ConfigError, DataError, FileSystemError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE, RUN_MODEL_FILE
@@ -55,6 +55,14 @@ from fertrain.training.callbacks import (
 )
 from fertrain.training.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
 from fertrain.training.schedules import build_optimizer, build_schedule
+from fertrain.training.targets import (
+    TrainingTargets,
+    save_teacher_cache,
+    teacher_probabilities,
+    training_loss,
+    training_targets,
+    validation_faces,
+)
 
 LAST_MODEL = "last.keras"
 BACKUP_DIR = "backup"
@@ -72,13 +80,25 @@ class TrainingResult:
 
 @dataclass(frozen=True)
 class Splits:
-    train_images: np.ndarray
-    train_labels: np.ndarray
+    """The faces a run trains and validates on, their classes and what they teach."""
+
+    classes: tuple[str, ...]
+    train: TrainingTargets
     val_images: np.ndarray
     val_labels: np.ndarray
+    teacher: np.ndarray | None  # the teachers' probabilities per training face (train.distill)
 
     def sizes(self) -> dict[str, int]:
-        return {"train_images": len(self.train_labels), "val_images": len(self.val_labels)}
+        return {"train_images": len(self.train.images), "val_images": len(self.val_labels)}
+
+    def describe(self, config: Config) -> dict[str, Any]:
+        """What metrics.json records of the classes and targets."""
+        return {
+            "classes": list(self.classes),
+            "targets": config.data.targets,
+            "train_faces_left_out_by_targets": self.train.dropped,
+            "distill_teachers": list(config.train.distill.teachers),
+        }
 
 
 def train(
@@ -96,12 +116,15 @@ def train(
     """
     session_start = time.perf_counter()
     config = _with_data_dir(_resolve_config(config, run_dir, resume), data_dir)
-    job = _prepare_job(config)
+    job = _prepare_job(config, Path(resume) if resume is not None else None)
+    config = job.config
     output_dir = _claim_output_dir(config, job.runtime, run_dir, resume, runs_root)
     try:
         completed = _completed_epochs(output_dir) if resume is not None else 0
         if resume is None:
             write_atomic(output_dir / RUN_CONFIG_FILE, dump_config(config))
+        if job.runtime.is_chief:
+            save_teacher_cache(output_dir, job.splits.teacher)
         if reporter is not None:
             reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
         metrics = _fit(job, output_dir, completed, reporter, session_start)
@@ -165,7 +188,7 @@ def _resolve_config(config: Config | None, run_dir: str | Path | None, resume: s
     return config
 
 
-def _prepare_job(config: Config) -> TrainingJob:
+def _prepare_job(config: Config, resume: Path | None = None) -> TrainingJob:
     runtime = resolve_runtime(config.train)
     if config.data.batch_size % runtime.batch_shards:
         raise ConfigError(
@@ -174,19 +197,23 @@ def _prepare_job(config: Config) -> TrainingJob:
             f"use a multiple of {runtime.batch_shards}"
         )
     seed_everything(config.train.seed, config.train.deterministic)
-    splits = _load_splits(config)
+    config, splits = _load_splits(config, resume)
     image_dtype = runtime.batch_image_dtype
     classes, batch_size = config.model.num_classes, config.data.batch_size
+    train = splits.train
     train_batches = ArrayBatches(
-        splits.train_images,
-        splits.train_labels,
+        train.images,
+        train.labels,
         classes,
         batch_size,
         shuffle_seed=config.train.seed,
-        class_weights=class_weights(config.train, splits.train_labels, classes),
+        class_weights=class_weights(config.train, train.labels, classes),
         image_dtype=image_dtype,
         drop_remainder=True,
         mixer=BatchMixer.from_config(config.data.augment),
+        targets=train.targets,
+        sample_targets=train.sample,
+        teacher=splits.teacher,
     )
     val_batches = ArrayBatches(
         splits.val_images, splits.val_labels, classes, batch_size, image_dtype=image_dtype, pad_remainder=True
@@ -194,8 +221,13 @@ def _prepare_job(config: Config) -> TrainingJob:
     schedule = build_schedule(
         config.train.schedule, config.train.optimizer.learning_rate, config.train.epochs, len(train_batches)
     )
-    trainer = compile_trainer(config, runtime, schedule, train_batches[0])
+    loss = training_loss(config, train, classes)
+    trainer = compile_trainer(config, runtime, schedule, train_batches[0], splits.classes, loss)
     notes = []
+    if train.dropped:
+        notes.append(
+            f"data.targets {config.data.targets}: {train.dropped} training faces left out (no target)"
+        )
     if runtime.jit_compile and not trainer.jit_compile:
         notes.append(f"XLA off: {_xla_blocker(runtime, trainer)}")
         runtime = replace(runtime, jit_compile=False)
@@ -269,8 +301,23 @@ def _with_data_dir(config: Config, data_dir: str | Path | None) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update={"dir": str(directory)})})
 
 
-def _load_splits(config: Config) -> Splits:
+def _with_data_classes(config: Config, classes: tuple[str, ...]) -> Config:
+    """`model.num_classes` from the data when the config leaves it out, else checked against it."""
+    model = config.model
+    if "num_classes" not in model.model_fields_set:
+        return config.model_copy(update={"model": model.model_copy(update={"num_classes": len(classes)})})
+    if model.num_classes != len(classes):
+        raise ConfigError(
+            f"model.num_classes is {model.num_classes} but {config.data.dir} has {len(classes)} classes "
+            f"({', '.join(classes)}); set model.num_classes: {len(classes)} or leave it out"
+        )
+    return config
+
+
+def _load_splits(config: Config, resume: Path | None) -> tuple[Config, Splits]:
     data_dir = config.data.dir
+    classes = dataset_classes(data_dir)
+    config = _with_data_classes(config, classes)
     train_images, train_labels = load_split(data_dir, "train")
     val_images, val_labels = load_split(data_dir, "val")
     size = config.model.input_size
@@ -282,27 +329,43 @@ def _load_splits(config: Config) -> Splits:
                 f"{data_dir}/{split}.npz: images are {images.shape[1]}x{images.shape[2]} but "
                 f"model.input_size is {size}"
             )
-        if labels.max() >= config.model.num_classes:
+        if labels.max() >= len(classes):
             raise DataError(
-                f"{data_dir}/{split}.npz: label {int(labels.max())} but model.num_classes is "
-                f"{config.model.num_classes}"
+                f"{data_dir}/{split}.npz: label {int(labels.max())} but the data names "
+                f"{len(classes)} classes ({', '.join(classes)})"
             )
-    return Splits(train_images, train_labels, val_images, val_labels)
+    train = training_targets(config, train_images, train_labels, load_votes(data_dir, "train"))
+    val_images, val_labels = validation_faces(val_images, val_labels, load_votes(data_dir, "val"))
+    if len(train.labels) == 0:
+        raise DataError(f"{data_dir}/train.npz: data.targets {config.data.targets} leaves no training face")
+    teacher = teacher_probabilities(config.train.distill, train.images, classes, resume)
+    return config, Splits(classes, train, val_images, val_labels, teacher)
 
 
-def compile_trainer(config: Config, runtime: Runtime, schedule, example_batch) -> AugmentedTrainer:
+def compile_trainer(
+    config: Config,
+    runtime: Runtime,
+    schedule,
+    example_batch,
+    classes: tuple[str, ...] | None = None,
+    loss: keras.losses.Loss | None = None,
+) -> AugmentedTrainer:
+    """The trainer around a new network whose output layer names `classes` (when given); `loss`
+    defaults to categorical cross-entropy with the config's label smoothing."""
     from fertrain.models import build_model
 
     size = config.model.input_size
+    if loss is None:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)
     with runtime.scope():
         with dtype_policy(runtime.dtype_policy):
-            network = build_model(config.model)
+            network = build_model(config.model, classes)
             augmentation = build_augmentation(config.data.augment, size, config.train.seed)
             trainer_class = MultiWorkerTrainer if runtime.distribution == "multi_worker" else AugmentedTrainer
             trainer = trainer_class(network, augmentation, name="trainer")
         trainer.compile(
             optimizer=build_optimizer(config.train, schedule),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            loss=loss,
             metrics=[LabelledAccuracy(name="accuracy")],
             jit_compile=runtime.jit_compile and _xla_blocker(runtime, trainer) is None,
             steps_per_execution=config.train.steps_per_execution,
@@ -480,6 +543,7 @@ def _write_metrics(
         "time_s": {part: round(seconds, 3) for part, seconds in times.items()},
         "train_images_per_s": stopwatch.train_images_per_s(),
         **job.splits.sizes(),
+        **job.splits.describe(job.config),
         **job.runtime.summary(),
         "versions": versions(),
     }
