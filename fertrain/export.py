@@ -11,6 +11,7 @@ on 200 training images; inputs and outputs stay float32 so callers feed the same
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,14 @@ import numpy as np
 from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, MissingDependencyError, ModelError
 from fertrain.fileio import write_atomic
-from fertrain.inference import RUN_MODEL_FILE, load_classifier, load_keras_model, model_inputs, run_data_dir
+from fertrain.inference import (
+    RUN_MODEL_FILE,
+    SAVED_MODEL_CLASS_NAMES,
+    load_classifier,
+    load_keras_model,
+    model_inputs,
+    run_data_dir,
+)
 
 ExportFormat = Literal["savedmodel", "tflite", "onnx", "keras"]
 Quantization = Literal["int8"]
@@ -107,6 +115,12 @@ def _export_savedmodel(model, out: Path) -> Predictor:
     staged.chmod(out.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide it from a serving user
     try:
         model.export(staged, format="tf_saved_model", verbose=False)
+        from fertrain.models.class_names import saved_class_names
+
+        classes = saved_class_names(model)
+        if classes is not None:
+            (staged / "assets").mkdir(exist_ok=True)
+            (staged / "assets" / SAVED_MODEL_CLASS_NAMES).write_text(json.dumps(list(classes)) + "\n")
         _replace_dir(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -182,6 +196,12 @@ def _export_onnx(model, out: Path, calibration: np.ndarray | None) -> Predictor:
     size = int(model.inputs[0].shape[1])
     signature = (tf.TensorSpec((None, size, size, 1), tf.float32, name="pixels"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=ONNX_OPSET)
+    from fertrain.models.class_names import saved_class_names
+
+    classes = saved_class_names(model)
+    if classes is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "class_names", json.dumps(list(classes))
     content = proto.SerializeToString()
     if calibration is not None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static

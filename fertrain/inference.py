@@ -7,6 +7,7 @@ resized from 48x48, bilinear) and their own pixel scaling (`normalize`).
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ RUN_CONFIG_FILE = "config.yaml"
 RUN_HISTORY_FILE = "history.csv"
 RUN_METRICS_FILE = "metrics.json"
 SAVED_MODEL_FILE = "saved_model.pb"
+# Where `fertrain export --format savedmodel` keeps the model's class names (JSON list).
+SAVED_MODEL_CLASS_NAMES = "class_names.json"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 Normalization = Literal["raw", "unit", "symmetric"]
 TtaMode = Literal["none", "flip", "crops", "ten_crop"]
@@ -34,6 +37,9 @@ TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 # a model without a centre-crop layer; a model that crops is shifted by its crop margin instead.
 CROP_SHIFT = 3
 FACE_SIZE = 48
+# Models shipped inside the package, which every command takes by these short names.
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_MODELS = {"bundled": ASSETS / "model.keras", "ferplus": ASSETS / "ferplus.keras"}
 
 
 # Batches a TensorFlow graph runs at once. One batch is a chain of small ops, each split over the
@@ -68,8 +74,13 @@ class LoadedModel:
 
 
 def resolve_model_path(target: str | Path) -> tuple[Path, Path | None]:
-    """(model file or SavedModel directory, run directory or None) for a user-given target."""
+    """(model file or SavedModel directory, run directory or None) for a user-given target: a path, or
+    a bundled model's short name (`bundled`: FER2013's 7 emotions, `ferplus`: FER+'s 8 classes)."""
     path = Path(target)
+    if str(target) in BUNDLED_MODELS and not path.exists():
+        path = BUNDLED_MODELS[str(target)]
+        if not path.is_file():
+            raise ModelError(f"{target}: the bundled model {path} is missing from this installation")
     if path.is_dir():
         if (path / RUN_MODEL_FILE).is_file():
             return path / RUN_MODEL_FILE, path
@@ -201,7 +212,7 @@ def _saved_model_classifier(path: Path) -> LoadedModel:
         raise ModelError(f"{path}: SavedModel signature must have one input and one output")
     (input_name, input_spec), (output_name, output_spec) = *inputs.items(), *outputs.items()
     size = _square_grayscale_size(path, tuple(input_spec.shape))
-    classes = _output_classes(path, tuple(output_spec.shape), _saved_model_class_names(loaded))
+    classes = _output_classes(path, tuple(output_spec.shape), _saved_model_class_names(path))
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return signature(**{input_name: tf.constant(batch, input_spec.dtype)})[output_name].numpy()
@@ -209,12 +220,18 @@ def _saved_model_classifier(path: Path) -> LoadedModel:
     return LoadedModel(path, None, size, forward, classes, TF_BATCHES_IN_FLIGHT)
 
 
-def _saved_model_class_names(loaded) -> tuple[str, ...] | None:
-    """The class names `fertrain export` stores in a SavedModel as the `class_names` constant."""
-    names = getattr(loaded, "class_names", None)
-    if names is None:
+def _saved_model_class_names(path: Path) -> tuple[str, ...] | None:
+    """The class names `fertrain export` keeps in a SavedModel's assets, if any."""
+    names_file = path / "assets" / SAVED_MODEL_CLASS_NAMES
+    if not names_file.is_file():
         return None
-    return tuple(name.decode() for name in names.numpy().tolist())
+    try:
+        names = json.loads(names_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{names_file}: not a JSON list of class names ({exc})") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ModelError(f"{names_file}: not a JSON list of class names")
+    return tuple(names)
 
 
 def load_classifier(target: str | Path | LoadedModel) -> LoadedModel:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fertrain.errors import DataError, ModelError
 from fertrain.inference import (
+    BUNDLED_MODELS,
     FACE_SIZE,
     KERAS_SUFFIXES,
     RUN_MODEL_FILE,
@@ -26,7 +27,7 @@ from fertrain.inference import (
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "model.keras"
+BUNDLED_MODEL = BUNDLED_MODELS["bundled"]
 TOP_K = 3
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 CASCADE_WINDOW = 24  # the side of the window the cascade was trained on: the smallest face it finds
@@ -59,7 +60,10 @@ class ImagePrediction:
 
 
 def is_model_target(path: Path) -> bool:
-    """True for what `load_classifier` accepts: a run dir, SavedModel dir or Keras model file."""
+    """True for what `load_classifier` accepts: a run dir, SavedModel dir, Keras model file or the
+    short name of a bundled model."""
+    if str(path) in BUNDLED_MODELS and not path.exists():
+        return True
     if path.is_dir():
         return (path / RUN_MODEL_FILE).is_file() or (path / SAVED_MODEL_FILE).is_file()
     return path.suffix.lower() in KERAS_SUFFIXES
