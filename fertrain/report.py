@@ -122,6 +122,18 @@ def _summary_rows(run_metrics: dict[str, Any], summary: dict[str, Any]) -> list[
     if summary["tta"] != "none":
         rows.append(("test-time augmentation", summary["tta"]))
     rows += [(f"{split} {label}", _format(summary[key])) for key, label in SUMMARY_METRICS]
+    ferplus = summary.get("ferplus")
+    if ferplus is not None:
+        rows += [
+            (
+                f"{split} FER+ majority accuracy ({ferplus['majority_faces']} faces)",
+                _format(ferplus["majority_accuracy"]),
+            ),
+            (
+                f"{split} FER+ argmax accuracy ({ferplus['argmax_faces']} faces)",
+                _format(ferplus["argmax_accuracy"]),
+            ),
+        ]
     return rows
 
 
