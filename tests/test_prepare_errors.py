@@ -127,14 +127,6 @@ def test_unreadable_image_names_the_file(tmp_path, rows, good_out, capsys, monke
     assert_intact(good_out)
 
 
-def test_unknown_emotion_folder_names_it(tmp_path, rows, good_out, capsys, monkeypatch):
-    source = write_image_folder(rows, tmp_path / "images")
-    next((source / "train").iterdir()).rename(source / "train" / "joyful")
-    code, _, err = run_cli(["prepare", source, "--out", good_out[0]], capsys, monkeypatch)
-    assert_one_line_error(code, err, f"{source}/train/joyful: expected an emotion folder")
-    assert_intact(good_out)
-
-
 def test_mismatched_x_and_y_lengths(tmp_path, rows, good_out, capsys, monkeypatch):
     source, _ = write_npy_quartet(rows, tmp_path / "npy")
     np.save(source / "y_train.npy", np.load(source / "y_train.npy")[:-1])

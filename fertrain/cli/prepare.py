@@ -16,8 +16,10 @@ from fertrain.data.sources import SourceFormat
 
 PREPARE_SOURCES = (
     "SOURCE: Kaggle's fer2013.csv (also .csv.gz, fer2013.tar.gz or a .zip), icml_face_data.csv, "
-    "an image-folder tree (train/<emotion>/, test/<emotion>/) or a directory with X_train.npy, "
-    "y_train.npy, X_test.npy, y_test.npy. See data/README.md."
+    "a directory with X_train.npy, y_train.npy, X_test.npy, y_test.npy, or image folders (also in a "
+    ".zip/.tar.gz): one folder per class with any names (happy/, not_happy/, ...), directly or inside "
+    "train/, val/, test/; folders that all name FER2013 emotions (Kaggle's train/<emotion>/, "
+    "test/<emotion>/) keep FER2013's 7 classes. See data/README.md."
 )
 
 # Bad rows listed on stderr by `prepare --skip-bad-rows`; manifest.json lists them all.
@@ -51,11 +53,27 @@ def prepare(
             "their 10 votes; joined on row order, so SOURCE must be a FER2013 CSV form.",
         ),
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B,C",
+            help="Image folders: the classes, in label order (default: the folder names sorted).",
+        ),
+    ] = None,
+    detect_faces: Annotated[
+        bool,
+        typer.Option(
+            "--detect-faces",
+            help="Image folders: crop each image to the largest face OpenCV's Haar cascade finds "
+            "(images without one are kept whole and counted).",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
     ] = False,
 ) -> None:
-    """Turn FER2013 in any form into DIR/{train,val,test}.npz and DIR/manifest.json."""
+    """Turn FER2013 in any form, or image folders of any classes, into DIR/{train,val,test}.npz and
+    DIR/manifest.json."""
     import json
 
     from rich import box
@@ -89,6 +107,8 @@ def prepare(
             seed=seed,
             skip_bad_rows=skip_bad_rows,
             ferplus=ferplus,
+            classes=None if classes is None else [name.strip() for name in classes.split(",")],
+            detect_faces=detect_faces,
             progress=report,
         )
     skipped = manifest["skipped_rows"]
@@ -120,6 +140,14 @@ def prepare(
     if manifest["val_split"]["origin"] == "carved from train":
         carve = manifest["val_split"]
         console.print(f"val: {carve['fraction']:.0%} of each class of train (seed {carve['seed']})")
+    if "face_detection" in manifest:
+        detection = manifest["face_detection"]
+        console.print(
+            f"faces: found in {detection['images'] - detection['no_face']:,} of {detection['images']:,} "
+            f"images; {detection['no_face']:,} without one kept whole (listed in {out}/manifest.json)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if "ferplus" in manifest:
         joined = manifest["ferplus"]
         dropped = ", ".join(f"{split} {n:,}" for split, n in joined["dropped_faces"].items())

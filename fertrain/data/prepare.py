@@ -1,4 +1,5 @@
-"""`fertrain prepare`: any form of FER2013 in, one validated directory of .npz splits out.
+"""`fertrain prepare`: any form of FER2013, or image folders of any classes, in; one validated
+directory of .npz splits out.
 
 The directory is built beside its destination and renamed into place, so a failed or interrupted
 prepare never leaves a half-written directory and never destroys an existing good one.
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from fertrain.data.ferplus import (
     majority_mask,
     read_ferplus_votes,
 )
+from fertrain.data.image_folder import FolderOptions
 from fertrain.data.records import IMAGE_SIZE, USAGE_TO_SPLIT, Progress, SourceData, no_progress
 from fertrain.data.sources import read_source, sha256_of
 from fertrain.errors import DataError
@@ -127,7 +130,17 @@ def _manifest(source: Path, data: SourceData, val_split: dict[str, Any]) -> dict
         "splits": splits,
         "val_split": val_split,
         "skipped_rows": {"count": len(data.skipped), "rows": data.skipped},
+        **_face_detection(data),
     }
+
+
+def _face_detection(data: SourceData) -> dict[str, Any]:
+    """What the manifest records of `--detect-faces`: nothing when it was off."""
+    if data.faces_not_found is None:
+        return {}
+    images = sum(len(labels) for _, labels in data.splits.values())
+    missing = data.faces_not_found
+    return {"face_detection": {"images": images, "no_face": len(missing), "no_face_images": missing}}
 
 
 def _check_destination(out: Path) -> None:
@@ -167,19 +180,26 @@ def prepare(
     seed: int = 42,
     skip_bad_rows: bool = False,
     ferplus: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    detect_faces: bool = False,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """Reads FER2013 from `source` in any accepted form, writes `out`, returns its manifest.
+    """Reads `source` in any accepted form (FER2013's, or image folders of any classes), writes
+    `out`, returns its manifest.
 
     With `ferplus` (FER+'s fer2013new.csv, plain or .gz) the faces are labelled with FER+'s 8 classes
-    and keep their 10 vote counts (`join_ferplus`)."""
+    and keep their 10 vote counts (`join_ferplus`). For image folders, `classes` names the classes
+    in label order (default: the folder names sorted, or FER2013's 7 emotions when every folder names
+    one) and `detect_faces` crops each image to the largest face found in it first (the manifest
+    counts the images where none was found; they are kept whole)."""
     source, out = Path(source), Path(out)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction}: expected a fraction in [0, 1)")
     _check_destination(out)
     if ferplus is not None and not Path(ferplus).is_file():
         raise DataError(f"{ferplus}: no such FER+ votes file (fer2013new.csv, plain or .gz)")
-    data = read_source(source, fmt, skip_bad_rows, progress)
+    folders = FolderOptions(None if classes is None else tuple(classes), detect_faces)
+    data = read_source(source, fmt, skip_bad_rows, progress, folders)
     joined = join_ferplus(data, Path(ferplus), str(source)) if ferplus is not None else None
     if not any(len(labels) for _, labels in data.splits.values()):
         raise DataError(f"{source}: no usable images found")

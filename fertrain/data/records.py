@@ -31,7 +31,8 @@ class SourceData:
     `classes` names the labels. A reader that keeps its source's row order (the CSV forms) fills
     `rows`: each kept image's position among the source's data rows, which FER+'s votes join on,
     and `row_count`, the source's data rows, bad ones included. `votes` holds FER+'s vote counts
-    per split once they are joined."""
+    per split once they are joined. `faces_not_found` lists the images in which face detection
+    (`prepare --detect-faces`) found no face; None when detection was off."""
 
     format: str
     layout: str
@@ -41,6 +42,7 @@ class SourceData:
     rows: dict[str, np.ndarray] | None = None
     row_count: int = 0
     votes: dict[str, np.ndarray] = field(default_factory=dict)
+    faces_not_found: list[str] | None = None
 
 
 def split_by_index(images: np.ndarray, labels: np.ndarray, split_indices: np.ndarray) -> dict:

@@ -1,5 +1,5 @@
-"""Finding FER2013 in whatever a user passes: a CSV (plain, .gz, inside .tar.gz or .zip), an
-image-folder tree or the .npy quartet (as a directory or inside an archive)."""
+"""Finding the faces in whatever a user passes: FER2013 as a CSV (plain, .gz, inside .tar.gz or .zip)
+or the .npy quartet, or image folders of any classes (each as a directory or inside an archive)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 from fertrain.data.csv_format import looks_like_fer2013_csv, read_fer2013_csv
-from fertrain.data.image_folder import find_image_folder, read_image_folder
+from fertrain.data.image_folder import (
+    PLAIN_FOLDERS,
+    FolderOptions,
+    find_class_folders,
+    find_image_folder,
+    read_image_folder,
+)
 from fertrain.data.numpy_files import find_numpy_files, read_numpy_files
 from fertrain.data.records import BadRows, Progress, SourceData
 from fertrain.errors import DataError
@@ -44,15 +51,36 @@ def sha256_of(path: Path) -> str:
     return listing.hexdigest()
 
 
-def read_source(source: Path, fmt: str, skip_bad_rows: bool, progress: Progress) -> SourceData:
+@dataclass(frozen=True)
+class _Reading:
+    """What every reader of one source shares: the requested format, how bad rows are handled,
+    the progress callback and the image-folder options."""
+
+    fmt: str
+    bad_rows: BadRows
+    progress: Progress
+    folders: FolderOptions
+
+
+def read_source(
+    source: Path,
+    fmt: str,
+    skip_bad_rows: bool,
+    progress: Progress,
+    folders: FolderOptions = PLAIN_FOLDERS,
+) -> SourceData:
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not source.exists():
         raise DataError(f"{source}: no such file or directory; {WHERE_TO_GET}")
-    bad_rows = BadRows(skip_bad_rows)
+    reading = _Reading(fmt, BadRows(skip_bad_rows), progress, folders)
     if source.is_dir():
-        return _read_directory(source, str(source), fmt, bad_rows, progress)
-    return _read_file_bytes(_read_bytes(source), str(source), fmt, bad_rows, progress)
+        data = _read_directory(source, str(source), reading)
+    else:
+        data = _read_file_bytes(_read_bytes(source), str(source), reading)
+    if folders.given and data.format != "image-folder":
+        raise DataError(f"{source}: --classes and --detect-faces apply to image folders, not {data.layout}")
+    return data
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -75,13 +103,14 @@ def _gunzip(data: bytes, name: str, progress: Progress) -> bytes:
     return b"".join(parts)
 
 
-def _read_file_bytes(data: bytes, name: str, fmt: str, bad_rows: BadRows, progress: Progress) -> SourceData:
+def _read_file_bytes(data: bytes, name: str, reading: _Reading) -> SourceData:
+    fmt = reading.fmt
     if data.startswith(GZIP_MAGIC):
-        data = _gunzip(data, name, progress)
+        data = _gunzip(data, name, reading.progress)
     if data[257:262] == b"ustar":
-        return _read_archive(_TarArchive(data, name), name, fmt, bad_rows, progress)
+        return _read_archive(_TarArchive(data, name), name, reading)
     if data.startswith(ZIP_MAGIC):
-        return _read_archive(_ZipArchive(data, name), name, fmt, bad_rows, progress)
+        return _read_archive(_ZipArchive(data, name), name, reading)
     if data.startswith(NPY_MAGIC):
         raise DataError(
             f"{name}: a single .npy file; pass the directory holding X_train.npy, y_train.npy, "
@@ -89,23 +118,26 @@ def _read_file_bytes(data: bytes, name: str, fmt: str, bad_rows: BadRows, progre
         )
     if fmt not in ("auto", "csv"):
         raise DataError(f"{name}: is a file, but --format {fmt} expects a directory or an archive")
-    return read_fer2013_csv(data, name, bad_rows, progress)
+    return read_fer2013_csv(data, name, reading.bad_rows, reading.progress)
 
 
-def _read_directory(root: Path, name: str, fmt: str, bad_rows: BadRows, progress: Progress) -> SourceData:
-    """Reads the one FER2013 form found in `root`; `name` is how errors refer to `root`."""
+def _read_directory(root: Path, name: str, reading: _Reading) -> SourceData:
+    """Reads the one form found in `root`; `name` is how errors refer to `root`."""
+    fmt, bad_rows, progress = reading.fmt, reading.bad_rows, reading.progress
     if fmt in ("auto", "npy") and (found := find_numpy_files(root)):
         return read_numpy_files(found, root, name, bad_rows, progress)
     if fmt in ("auto", "image-folder") and (found := find_image_folder(root)):
-        return read_image_folder(found, root, name, bad_rows, progress)
+        return read_image_folder(found, root, name, bad_rows, progress, reading.folders)
     if fmt in ("auto", "csv") and (found := _find_kaggle_file(root)):
         relative = found.relative_to(root).as_posix()
-        return _read_file_bytes(_read_bytes(found), f"{name}/{relative}", fmt, bad_rows, progress)
+        return _read_file_bytes(_read_bytes(found), f"{name}/{relative}", reading)
+    if fmt in ("auto", "image-folder") and (found := find_class_folders(root)):
+        return read_image_folder(found, root, name, bad_rows, progress, reading.folders, split_folders=False)
     expected = {
-        "auto": "fer2013.csv, icml_face_data.csv, train/<emotion>/ and test/<emotion>/ image folders, "
-        "or X_train.npy, y_train.npy, X_test.npy, y_test.npy",
+        "auto": "fer2013.csv, icml_face_data.csv, image folders (<class>/ or train/<class>/, "
+        "test/<class>/), or X_train.npy, y_train.npy, X_test.npy, y_test.npy",
         "csv": "fer2013.csv or icml_face_data.csv",
-        "image-folder": "train/<emotion>/ and test/<emotion>/ image folders",
+        "image-folder": "one folder of images per class, directly or in train/, val/, test/",
         "npy": "X_train.npy, y_train.npy, X_test.npy, y_test.npy",
     }[fmt]
     raise DataError(f"{name}: no FER2013 data found (expected {expected}); {WHERE_TO_GET}")
@@ -164,21 +196,20 @@ def _kaggle_member(members: list[str]) -> str | None:
     return None
 
 
-def _read_archive(
-    archive: _TarArchive | _ZipArchive, name: str, fmt: str, bad_rows: BadRows, progress: Progress
-) -> SourceData:
+def _read_archive(archive: _TarArchive | _ZipArchive, name: str, reading: _Reading) -> SourceData:
+    fmt, progress = reading.fmt, reading.progress
     members = archive.members()
     member = _kaggle_member(members) if fmt in ("auto", "csv") else None
     if member is None and fmt in ("auto", "csv"):
         member = next((m for m in members if m.endswith(".csv") and _member_is_fer2013(archive, m)), None)
     try:
         if member is not None:
-            return _read_file_bytes(archive.read(member), f"{name}:{member}", fmt, bad_rows, progress)
+            return _read_file_bytes(archive.read(member), f"{name}:{member}", reading)
         with tempfile.TemporaryDirectory(prefix="fertrain-extract-") as directory:
             progress("extracting", 0, 1)
             archive.extract_to(Path(directory))
             progress("extracting", 1, 1)
-            return _read_directory(Path(directory), name, fmt, bad_rows, progress)
+            return _read_directory(Path(directory), name, reading)
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise DataError(f"{name}: damaged archive ({exc})") from None
 
