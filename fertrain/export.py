@@ -1,4 +1,5 @@
-"""`fertrain export`: a run's model as a TensorFlow SavedModel, TFLite or ONNX file, checked after export.
+"""`fertrain export`: a run's model (or any Keras model file, a calibrated one among them) as a TensorFlow
+SavedModel, TFLite or ONNX file, checked after export.
 
 Several runs export as one model averaging their probabilities (`fertrain.models.ensemble`); the
 `keras` format writes such an ensemble as a single `.keras` file.
@@ -25,11 +26,13 @@ from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, MissingDependencyError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import (
+    RUN_CONFIG_FILE,
     RUN_MODEL_FILE,
     SAVED_MODEL_CLASS_NAMES,
     load_classifier,
     load_keras_model,
     model_inputs,
+    resolve_model_path,
     run_data_dir,
 )
 
@@ -237,25 +240,39 @@ def _check(reference: np.ndarray, exported: np.ndarray, quantized: bool) -> Expo
     return ExportCheck(len(reference), difference, agreement, criterion, passed)
 
 
-def default_export_path(run_dir: Path, export_format: str, quantize: str | None) -> Path:
+def default_export_path(source: Path, export_format: str, quantize: str | None) -> Path:
+    """RUN/export/model.onnx (or saved_model, ...) for a run's model.keras; for any other model file the
+    same beside it, its stem first (RUN/calibrated.keras: RUN/export/calibrated-model.onnx)."""
     name = DEFAULT_NAMES[export_format]
     if quantize:
         stem, dot, suffix = name.partition(".")
         name = f"{stem}-{quantize}{dot}{suffix}"
-    return run_dir / EXPORT_DIR / name
+    if source.name != RUN_MODEL_FILE:
+        name = f"{source.stem}-{name}"
+    return source.parent / EXPORT_DIR / name
+
+
+def _export_source(target: str | Path) -> tuple[Path, Path | None]:
+    """(the Keras model file, the run directory it belongs to or None) of a run directory or model file."""
+    path, run_dir = resolve_model_path(target)
+    if path.is_dir():
+        raise ModelError(f"{path}: already a SavedModel; export the run or .keras file it was made from")
+    if run_dir is None and (path.parent / RUN_CONFIG_FILE).is_file():
+        run_dir = path.parent
+    return path, run_dir
 
 
 def export_model(
-    run_dirs: str | Path | Sequence[str | Path],
+    targets: str | Path | Sequence[str | Path],
     export_format: str,
     quantize: str | None = None,
     out: str | Path | None = None,
     data_dir: str | Path | None = None,
 ) -> ExportResult:
-    """Exports the run's model.keras (several runs: their average) to `export_format`, then checks it
-    against the Keras models. The data and the default output path are the first run's."""
-    runs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(run) for run in run_dirs]
-    run_dir = runs[0]
+    """Exports a run's model.keras or a Keras model file (several: their average) to `export_format`,
+    then checks it against the Keras models. The data is the first target's run's unless given; the
+    default output path is beside the first target's model file."""
+    targets = [targets] if isinstance(targets, str | Path) else list(targets)
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(
             f"unknown export format {export_format!r}: expected one of {', '.join(EXPORT_FORMATS)}"
@@ -266,16 +283,17 @@ def export_model(
         raise ConfigError(
             f"--quantize int8 needs --format tflite or onnx (a {export_format} model stays float)"
         )
-    for run in runs:
-        if not (run / RUN_MODEL_FILE).is_file():
-            raise ModelError(f"{run}: not a run directory (no {RUN_MODEL_FILE})")
+    sources = [_export_source(target) for target in targets]
+    source, run_dir = sources[0]
     _require_tensorflow_backend()
     if export_format == "onnx":
         _import_onnx_tools()  # fail before any work when the extra is missing
+    if data_dir is None and run_dir is None:
+        raise ConfigError(f"{source}: not in a run directory, so pass the data to check on with --data DIR")
     data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run_dir)
     check_faces = load_split(data_dir, "test")[0][:CHECK_IMAGES]
 
-    members = [load_keras_model(run / RUN_MODEL_FILE) for run in runs]
+    members = [load_keras_model(path) for path, _ in sources]
     size = int(members[0].inputs[0].shape[1])
     check_inputs = model_inputs(check_faces, size, "raw")
     calibration = None
@@ -290,7 +308,7 @@ def export_model(
         from fertrain.models.ensemble import average_ensemble  # Keras: `prepare` and `--help` stay quick
 
         model = average_ensemble(members)
-    out = Path(out) if out is not None else default_export_path(run_dir, export_format, quantize)
+    out = Path(out) if out is not None else default_export_path(source, export_format, quantize)
     if export_format == "keras":
         predictor = _export_keras(model, out)
     elif export_format == "savedmodel":

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class LoadedModel:
     `classes` names the output columns: the names saved in the model, else FER2013's emotions for a
     7-output model saved without names. `forward` may be called from `batches_in_flight` threads at
     once. `crop_margin` is the border a fertrain network trained on random crops cuts off each side
-    (its `model.crop_size`), 0 if none.
+    (its `model.crop_size`), 0 if none. `keras_model` is the Keras model behind `forward` (what
+    calibration and Grad-CAM work on), None for a SavedModel.
     """
 
     path: Path
@@ -67,6 +68,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     batches_in_flight: int = 1
     crop_margin: int = 0
+    keras_model: Any = None
 
     @property
     def tta_shift(self) -> int:
@@ -176,7 +178,7 @@ def _keras_classifier(path: Path, run_dir: Path | None) -> LoadedModel:
     def forward(batch: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(batch))
 
-    return LoadedModel(path, run_dir, size, forward, classes, in_flight, _crop_margin(model, size))
+    return LoadedModel(path, run_dir, size, forward, classes, in_flight, _crop_margin(model, size), model)
 
 
 def _crop_margin(model, input_size: int) -> int:

@@ -15,11 +15,14 @@ import numpy as np
 SUMMARY_METRICS = (
     ("accuracy", "accuracy"),
     ("top2_accuracy", "top-2 accuracy"),
-    ("loss", "loss"),
+    ("loss", "loss (NLL)"),
+    ("ece", "ECE (15 bins)"),
     ("macro_f1", "macro F1"),
     ("weighted_f1", "weighted F1"),
 )
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "F1", "support")
+# Guo et al. (2017)'s reliability bins: equal-width confidence intervals ((m-1)/M, m/M].
+CALIBRATION_BINS = 15
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -48,6 +51,38 @@ def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     return float(np.mean(np.any(ranked == labels[:, None], axis=1)))
 
 
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
+) -> list[dict[str, Any]]:
+    """Per equal-width bin of top-1 confidence ((m-1)/M, m/M], a confidence of 0 in the first): its
+    bounds, how many images fall in it, their accuracy and mean confidence (None when empty)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    hits = np.bincount(index, weights=correct, minlength=bins)
+    confidences = np.bincount(index, weights=confidence, minlength=bins)
+    return [
+        {
+            "lower": m / bins,
+            "upper": (m + 1) / bins,
+            "count": int(counts[m]),
+            "accuracy": float(hits[m] / counts[m]) if counts[m] else None,
+            "confidence": float(confidences[m] / counts[m]) if counts[m] else None,
+        }
+        for m in range(bins)
+    ]
+
+
+def expected_calibration_error(reliability: list[dict[str, Any]]) -> float:
+    """ECE = sum over bins of |B| / N * |accuracy(B) - confidence(B)|, from `reliability_bins`."""
+    total = sum(row["count"] for row in reliability)
+    return float(
+        sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in reliability if row["count"])
+        / total
+    )
+
+
 def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -71,11 +106,16 @@ def classification_metrics(
     recall = _safe_divide(true_positives, support)
     f1 = _safe_divide(2 * true_positives, support + predicted)
     present = (support + predicted) > 0
+    reliability = reliability_bins(labels, probabilities)
+    loss = cross_entropy(labels, probabilities)
     return {
         "num_images": int(len(labels)),
         "accuracy": float(true_positives.sum() / len(labels)),
         "top2_accuracy": top_k_accuracy(labels, probabilities, k=2),
-        "loss": cross_entropy(labels, probabilities),
+        "loss": loss,
+        "nll": loss,  # the same number: cross-entropy against the labels is the negative log-likelihood
+        "ece": expected_calibration_error(reliability),
+        "reliability": reliability,
         "macro_f1": float(f1[present].mean()),
         "weighted_f1": float(np.sum(f1 * support) / support.sum()),
         "per_class": [

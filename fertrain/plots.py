@@ -77,3 +77,31 @@ def mistakes_grid_png(faces: np.ndarray, captions: Sequence[str], columns: int =
             ax.imshow(faces[index], cmap="gray", vmin=0, vmax=255)
             ax.set_title(captions[index], fontsize=8)
     return _png(figure)
+
+
+def reliability_png(reliability: Sequence[dict], ece: float, title: str) -> bytes:
+    """Guo et al.'s reliability diagram: each confidence bin's accuracy against the diagonal a calibrated
+    model would follow, over a histogram of how many images fall in each bin."""
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    lower = np.array([row["lower"] for row in reliability])
+    width = reliability[0]["upper"] - reliability[0]["lower"]
+    filled = [row["count"] > 0 for row in reliability]
+    accuracy = np.array([row["accuracy"] if row["count"] else 0.0 for row in reliability])
+    confidence = np.array([row["confidence"] if row["count"] else 0.0 for row in reliability])
+    top.bar(lower, accuracy, width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
+    gap = np.where(filled, confidence - accuracy, 0.0)
+    top.bar(
+        lower, gap, width, bottom=accuracy, align="edge", color="tab:red", alpha=0.3, hatch="//", label="gap"
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"{title}\nECE {ece:.4f} ({len(reliability)} bins)")
+    top.legend(loc="upper left")
+    bottom.bar(lower, [row["count"] for row in reliability], width, align="edge", color="gray")
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("images")
+    return _png(figure)

@@ -1,9 +1,10 @@
 """`fertrain report`: a self-contained report.html (images embedded as base64) and report.md for a run.
 
 The report shows training curves from history.csv, the evaluation of the run's model on a split
-(confusion heatmap, per-class table, the most confident mistakes), the resolved config, and the
-environment and timings from metrics.json. Other models (`--compare`) are scored on the same faces
-beside it, e.g. the model bundled with fertrain beside a run trained on the bundled sample.
+(confusion heatmap, reliability diagram, per-class table, the most confident mistakes), the resolved
+config, and the environment and timings from metrics.json. Other models (`--compare`) are scored on
+the same faces beside it, e.g. the model bundled with fertrain beside a run trained on the bundled
+sample.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE
 from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
-from fertrain.plots import mistakes_grid_png, training_curves_png
+from fertrain.plots import mistakes_grid_png, reliability_png, training_curves_png
 from fertrain.predict import BUNDLED_MODEL
 
 CURVES_FILE = "report-curves.png"
+RELIABILITY_FILE = "report-reliability.png"
 MISTAKES_FILE = "report-mistakes.png"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 COMPARISON_METRICS = (("accuracy", "accuracy"), ("top2_accuracy", "top-2 accuracy"), ("macro_f1", "macro F1"))
@@ -185,6 +187,11 @@ def _figures(run_dir: Path, history: pd.DataFrame, evaluation: Evaluation, mista
         Figure("Training curves", CURVES_FILE, training_curves_png(history)),
         Figure(f"Confusion matrix ({split})", confusion.name, confusion.read_bytes()),
         Figure(
+            f"Reliability diagram ({split})",
+            RELIABILITY_FILE,
+            reliability_png(summary["reliability"], summary["ece"], f"{run_dir.name}: {split}"),
+        ),
+        Figure(
             f"The {len(chosen)} most confident mistakes ({split})",
             MISTAKES_FILE,
             mistakes_grid_png(evaluation.faces[chosen], captions),
@@ -232,7 +239,7 @@ def _render_html(content: _Content) -> str:
         title = html.escape(item.title)
         return f'<h2>{title}</h2><img alt="{title}" src="data:image/png;base64,{data}">'
 
-    curves, confusion, mistakes = content.figures
+    curves, confusion, reliability, mistakes = content.figures
     comparison = (
         [f"<h2>{COMPARISON_TITLE}</h2>", _html_table(COMPARISON_COLUMNS, content.comparison)]
         if content.comparison
@@ -249,6 +256,7 @@ def _render_html(content: _Content) -> str:
             *comparison,
             figure(curves),
             figure(confusion),
+            figure(reliability),
             "<h2>Per class</h2>",
             _html_table(PER_CLASS_COLUMNS, content.per_class),
             figure(mistakes),
@@ -265,7 +273,7 @@ def _render_markdown(content: _Content) -> str:
     def figure(item: Figure) -> str:
         return f"## {item.title}\n\n![{item.title}]({item.file})"
 
-    curves, confusion, mistakes = content.figures
+    curves, confusion, reliability, mistakes = content.figures
     comparison = (
         [f"## {COMPARISON_TITLE}", _md_table(COMPARISON_COLUMNS, content.comparison)]
         if content.comparison
@@ -281,6 +289,7 @@ def _render_markdown(content: _Content) -> str:
                 *comparison,
                 figure(curves),
                 figure(confusion),
+                figure(reliability),
                 "## Per class",
                 _md_table(PER_CLASS_COLUMNS, content.per_class),
                 figure(mistakes),

@@ -63,6 +63,16 @@ def evaluation_tables(summary: dict[str, Any]) -> list[Table]:
     return [summary_table(summary), per_class_table(summary), confusion_table(summary)]
 
 
+def calibration_table(result) -> Table:
+    """A `fertrain.calibration.Calibration`: the temperature, then accuracy, ECE and NLL before and after."""
+    table = Table(title=f"temperature {result.temperature:.4f} ({result.num_images} {result.split} images)")
+    for column in ("metric", "before", "after"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, label in (("accuracy", "accuracy"), ("ece", "ECE (15 bins)"), ("nll", "NLL")):
+        table.add_row(label, f"{result.before[key]:.4f}", f"{result.after[key]:.4f}")
+    return table
+
+
 def predictions_table(results, title: str) -> Table:
     """One row per classified face (or whole image) of `fertrain.predict.ImagePrediction`s."""
     table = Table(title=title)

@@ -7,7 +7,17 @@ import re
 import pytest
 from cli_main import run_cli
 
-COMMANDS = ["prepare", "train", "evaluate", "report", "predict", "export", "summary", "benchmark"]
+COMMANDS = [
+    "prepare",
+    "train",
+    "evaluate",
+    "calibrate",
+    "report",
+    "predict",
+    "export",
+    "summary",
+    "benchmark",
+]
 
 
 def test_commands_are_listed_in_the_order_a_user_meets_them(capsys, monkeypatch):

@@ -34,8 +34,9 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
     markdown = (run_dir / "report.md").read_text()
 
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert [title for title, _ in images][:2] == ["Training curves", "Confusion matrix (test)"]
-    assert len(images) == 3
+    titles = ["Training curves", "Confusion matrix (test)", "Reliability diagram (test)"]
+    assert [title for title, _ in images][:3] == titles
+    assert len(images) == 4
     for _, data in images:
         assert base64.b64decode(data).startswith(PNG_MAGIC)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not fetch anything"
@@ -56,6 +57,7 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
         run_metrics["backend"],
         f"{evaluation['accuracy']:.4f}",
         f"{evaluation['macro_f1']:.4f}",
+        f"{evaluation['ece']:.4f}",
         f"{evaluation['per_class'][0]['recall']:.4f}",
         f"The {min(24, wrong)} most confident mistakes (test)",
         "name: tiny0",  # the resolved config

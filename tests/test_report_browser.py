@@ -70,8 +70,9 @@ def test_report_loads_in_chromium_with_every_image_decoded(report_html, tmp_path
             browser.close()
 
     assert problems == []
-    assert [alt for alt, _, _ in images][:2] == ["Training curves", "Confusion matrix (test)"]
-    assert len(images) == 3
+    titles = ["Training curves", "Confusion matrix (test)", "Reliability diagram (test)"]
+    assert [alt for alt, _, _ in images][:3] == titles
+    assert len(images) == 4
     assert all(complete and width > 0 for _, complete, width in images), images
     evaluation = json.loads((report_html.parent / "evaluation-test.json").read_text())
     accuracy = f"{evaluation['accuracy']:.4f}"

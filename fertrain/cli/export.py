@@ -1,4 +1,5 @@
-"""`fertrain export`: a run (or several, averaged) as SavedModel, TFLite, ONNX or .keras, checked."""
+"""`fertrain export`: a run or model file (or several, averaged) as SavedModel, TFLite, ONNX or .keras,
+checked."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ EXPORT_EXIT_CODES = (
 
 @app.command(cls=Command, epilog=EXPORT_EXIT_CODES)
 def export(
-    run_dirs: Annotated[
+    targets: Annotated[
         list[str],
         typer.Argument(
-            metavar="RUN_DIR...",
-            help="A run directory written by `fertrain train`; several export as one model averaging "
-            "their probabilities.",
+            metavar="RUN_DIR|MODEL...",
+            help="A run directory written by `fertrain train` or a .keras/.h5 model file (a calibrated "
+            "one, say); several export as one model averaging their probabilities.",
         ),
     ],
     export_format: Annotated[
@@ -42,18 +43,19 @@ def export(
         typer.Option(help="int8 weights and activations (tflite, onnx), calibrated on 200 training images."),
     ] = None,
     out: Annotated[
-        str | None, typer.Option(metavar="PATH", help="Output path (default: RUN_DIR/export/...).")
+        str | None,
+        typer.Option(metavar="PATH", help="Output path (default: RUN_DIR/export/..., beside a model file)."),
     ] = None,
     data: RunDataOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Export a run's model (or several runs' average) as a SavedModel, TFLite, ONNX or .keras file, then
-    check it."""
+    """Export a run's model or a model file (or several averaged) as a SavedModel, TFLite, ONNX or .keras
+    file, then check it on the first test images (a model file outside a run: of --data)."""
     import json
 
     from fertrain.export import export_model
 
-    result = export_model(run_dirs, export_format, quantize=quantize, out=out, data_dir=data)
+    result = export_model(targets, export_format, quantize=quantize, out=out, data_dir=data)
     check = result.check
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
