@@ -330,6 +330,23 @@ class TrainConfig(Section):
         "which validation, checkpoints and the saved model then use (e.g. 0.999); it ramps up as "
         "min(ema, t / (t + 9)) at update t, so early epochs validate recent weights",
     )
+    init_from: str | None = Field(
+        None,
+        description="start from a trained model: bundled, a run directory or a model file; every layer "
+        "whose name and weight shapes match is copied, the head only when the data's classes are the "
+        "source's (an averaging ensemble such as bundled: the member sharing the most weights)",
+    )
+    freeze_epochs: int = Field(
+        0,
+        ge=0,
+        description="with init_from: for the first N epochs only the layers not copied (the new head), "
+        "the head and those named in unfrozen_layers train; the others keep their weights and "
+        "BatchNormalization statistics; then everything trains",
+    )
+    unfrozen_layers: list[str] = Field(
+        default_factory=list,
+        description="layer-name prefixes (e.g. exit, middle2) that also train during freeze_epochs",
+    )
 
     @field_validator("jit_compile", "mixed_precision", mode="before")
     @classmethod
@@ -342,6 +359,13 @@ class TrainConfig(Section):
         if isinstance(value, list) and any(w < 0 for w in value):
             raise ValueError(f"class weights must be >= 0, got {value}")
         return value
+
+    @field_validator("freeze_epochs")
+    @classmethod
+    def _freezing_needs_a_source(cls, epochs: int, info: ValidationInfo) -> int:
+        if epochs and not info.data.get("init_from"):
+            raise ValueError("needs train.init_from: the layers it copies are the ones kept frozen")
+        return epochs
 
 
 class Config(Section):

@@ -36,6 +36,14 @@ def train(
         str | None,
         typer.Option(metavar="RUN_DIR", help="Continue an interrupted run from its last completed epoch."),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODEL",
+            help="Start from a trained model (bundled, a run directory or a model file): sets "
+            "train.init_from; layers matching by name and shape are copied.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model from `fertrain prepare` output into a run directory.
 
@@ -43,14 +51,21 @@ def train(
     metrics.json and tensorboard/. Exit codes: 0 done, 2 bad input, 4 training diverged (NaN loss),
     5 a run file could not be written (the message says how to continue with --resume).
     """
+    import json
+
     from fertrain.config import load_config
     from fertrain.errors import ConfigError
     from fertrain.training import train as run_training
     from fertrain.training.progress import format_times, training_reporter
 
-    if resume is not None and overrides:
-        raise ConfigError("--resume continues a run with its own saved config; drop --set")
-    loaded = load_config(config, overrides or ()) if config is not None else None
+    if resume is not None and (overrides or init_from is not None):
+        raise ConfigError("--resume continues a run with its own saved config; drop --set and --init-from")
+    # Quoted as JSON, a YAML string whatever the path holds (": ", "#", a leading "[").
+    sets = [
+        *(overrides or ()),
+        *([f"train.init_from={json.dumps(init_from)}"] if init_from is not None else []),
+    ]
+    loaded = load_config(config, sets) if config is not None else None
     reporter = training_reporter(console)
     try:
         result = run_training(loaded, data_dir=data, run_dir=run_dir, resume=resume, reporter=reporter)

@@ -14,7 +14,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     mini-Xception training step on CPU and lets Grappler fold BN into the preceding convolution for
     inference (benchmarks/results.md). Same variables, same config, same math; every other backend
     and every case the fused op does not cover use Keras' own code.
+
+    `statistics_frozen` (set while its layer is frozen, `train.freeze_epochs`) normalizes training
+    batches with the moving statistics and leaves them as they are, as at inference.
     """
+
+    statistics_frozen = False
 
     def _fusable(self, inputs, mask) -> bool:
         return (
@@ -27,6 +32,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
+        training = training and not self.statistics_frozen
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf

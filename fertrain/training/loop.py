@@ -63,6 +63,7 @@ from fertrain.training.targets import (
     training_targets,
     validation_faces,
 )
+from fertrain.training.transfer import HeadOnlyEpochs, TransferReport, copy_weights, frozen_layers
 
 LAST_MODEL = "last.keras"
 BACKUP_DIR = "backup"
@@ -157,9 +158,11 @@ class TrainingJob:
     schedule: Any
     trainer: AugmentedTrainer
     notes: tuple[str, ...]
+    transfer: TransferReport | None = None
 
     def plan(self, completed: int) -> dict[str, Any]:
         return {
+            "init_from": None if self.transfer is None else self.transfer.summary(),
             "name": self.config.name,
             "resumed_from_epoch": completed,
             "epochs": self.config.train.epochs,
@@ -223,6 +226,7 @@ def _prepare_job(config: Config, resume: Path | None = None) -> TrainingJob:
     )
     loss = training_loss(config, train, classes)
     trainer = compile_trainer(config, runtime, schedule, train_batches[0], splits.classes, loss)
+    transfer = _init_from(config, trainer.network, splits.classes)
     notes = []
     if train.dropped:
         notes.append(
@@ -235,7 +239,22 @@ def _prepare_job(config: Config, resume: Path | None = None) -> TrainingJob:
         notes.append(
             "train.checkpoint_every_s ignored: multi_worker workers checkpoint together, every epoch"
         )
-    return TrainingJob(config, runtime, splits, train_batches, val_batches, schedule, trainer, tuple(notes))
+    return TrainingJob(
+        config, runtime, splits, train_batches, val_batches, schedule, trainer, tuple(notes), transfer
+    )
+
+
+def _init_from(config: Config, network: keras.Model, classes: tuple[str, ...]) -> TransferReport | None:
+    """`train.init_from`'s weights copied into `network`, on every session of a run: a resumed one
+    then restores its backup over them, or, killed before its first backup, starts as the first did."""
+    train = config.train
+    if train.init_from is None:
+        return None
+    report = copy_weights(network, train.init_from, classes)
+    if not train.freeze_epochs:
+        return report
+    frozen = frozen_layers(network, report, train.unfrozen_layers)
+    return replace(report, frozen=frozen, freeze_epochs=train.freeze_epochs)
 
 
 def _fit(
@@ -503,6 +522,8 @@ def _callbacks(
         callbacks.append(ScalarTensorBoard(output_dir / TENSORBOARD_DIR))
     if train.ema:
         callbacks.append(AveragedWeightsForEvaluation())
+    if job.transfer is not None and job.transfer.freeze_epochs:
+        callbacks.append(HeadOnlyEpochs(job.trainer.network, job.transfer.frozen, job.transfer.freeze_epochs))
     callbacks += [EpochEndHook(record_epoch), AtomicBackupAndRestore(output_dir / BACKUP_DIR, clock)]
     return callbacks
 
@@ -544,6 +565,7 @@ def _write_metrics(
         "train_images_per_s": stopwatch.train_images_per_s(),
         **job.splits.sizes(),
         **job.splits.describe(job.config),
+        **({} if job.transfer is None else {"init_from": job.transfer.to_dict()}),
         **job.runtime.summary(),
         "versions": versions(),
     }

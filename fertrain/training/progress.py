@@ -66,6 +66,8 @@ class EpochLines:
             highlight=False,
             soft_wrap=True,
         )
+        if plan.get("init_from"):
+            self.console.print(plan["init_from"], highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         pass

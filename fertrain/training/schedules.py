@@ -125,19 +125,45 @@ class WarmedUpAverage:
                 average.assign(kept * average + (1.0 - kept) * variable)
 
 
-class Adam(WarmedUpAverage, keras.optimizers.Adam):
+class FreezableUpdates:
+    """Leaves the variables named by `freeze` as they are: their gradients are dropped before the
+    update, so neither the update nor weight decay touches them (and their optimizer state stays).
+
+    The optimizer keeps tracking every variable, which Keras-on-JAX's stateless training step needs
+    (it passes all of them, whatever `trainable` says). `freeze` takes effect when the training
+    step is traced again (`make_train_function(force=True)`).
+    """
+
+    _frozen_indices: frozenset[int] = frozenset()
+
+    def freeze(self, variables) -> None:
+        self._frozen_indices = frozenset(self._get_variable_index(variable) for variable in variables)
+
+    def apply(self, grads, trainable_variables=None):
+        if self._frozen_indices:
+            variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+            kept = [
+                (grad, variable)
+                for grad, variable in zip(grads, variables, strict=True)
+                if self._get_variable_index(variable) not in self._frozen_indices
+            ]
+            grads, trainable_variables = [grad for grad, _ in kept], [variable for _, variable in kept]
+        return super().apply(grads, trainable_variables)
+
+
+class Adam(FreezableUpdates, WarmedUpAverage, keras.optimizers.Adam):
     pass
 
 
-class AdamW(WarmedUpAverage, keras.optimizers.AdamW):
+class AdamW(FreezableUpdates, WarmedUpAverage, keras.optimizers.AdamW):
     pass
 
 
-class SGD(WarmedUpAverage, keras.optimizers.SGD):
+class SGD(FreezableUpdates, WarmedUpAverage, keras.optimizers.SGD):
     pass
 
 
-class RMSprop(WarmedUpAverage, keras.optimizers.RMSprop):
+class RMSprop(FreezableUpdates, WarmedUpAverage, keras.optimizers.RMSprop):
     pass
 
 
