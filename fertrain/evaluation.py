@@ -83,20 +83,22 @@ def ferplus_accuracies(labels: np.ndarray, probabilities: np.ndarray, votes: np.
 
 
 def evaluate(
-    targets: Sequence[str | Path],
+    targets: Sequence[str | Path | LoadedModel],
     data_dir: str | Path | None = None,
     split: str = "test",
     tta: str = "none",
     normalize: str = "raw",
     batch_size: int = 256,
     out: str | Path | None = None,
+    write_run_files: bool = True,
 ) -> Evaluation:
     """Evaluates the mean prediction of `targets` on `split`.
 
     `data_dir` defaults to the data the first target (a run directory) was trained on. When the
-    only target is a run directory, evaluation-<split>.json and confusion-<split>.png are written
-    into it; `out` also receives the JSON summary. On data with FER+ votes the metrics are those of
-    the strict-majority faces (FER+'s official figure); `ferplus` adds the argmax figure.
+    only target is a run directory (and `write_run_files`), evaluation-<split>.json and
+    confusion-<split>.png are written into it; `out` also receives the JSON summary. On data with
+    FER+ votes the metrics are those of the strict-majority faces (FER+'s official figure);
+    `ferplus` adds the argmax figure.
     """
     if not targets:
         raise DataError("no model given: pass a run directory or a model file")
@@ -125,7 +127,8 @@ def evaluate(
         **classification_metrics(labels, probabilities, classes),
         **ferplus,
     }
-    written = _write_outputs(summary, models[0].run_dir if len(models) == 1 else None, out)
+    run_dir = models[0].run_dir if len(models) == 1 and write_run_files else None
+    written = _write_outputs(summary, run_dir, out)
     return Evaluation(summary, faces, labels, probabilities, written)
 
 

@@ -268,6 +268,7 @@ def export_model(
     quantize: str | None = None,
     out: str | Path | None = None,
     data_dir: str | Path | None = None,
+    junit_path: str | Path | None = None,
 ) -> ExportResult:
     """Exports a run's model.keras or a Keras model file (several: their average) to `export_format`,
     then checks it against the Keras models. The data is the first target's run's unless given; the
@@ -320,4 +321,9 @@ def export_model(
 
     check = _check(reference, np.asarray(predictor(check_inputs)), quantized=quantize is not None)
     size_bytes = _dir_size(out) if out.is_dir() else out.stat().st_size
-    return ExportResult(out, export_format, quantize, size_bytes, check)
+    result = ExportResult(out, export_format, quantize, size_bytes, check)
+    if junit_path is not None:  # written whether the check passed or not: CI shows why it failed
+        from fertrain.gate import export_junit
+
+        write_atomic(junit_path, export_junit(result))
+    return result

@@ -115,3 +115,37 @@ def video_summary_table(summary, title: str) -> Table:
     table.add_row("faces found", str(summary.faces), "")
     table.add_row("stopped at", stopped, "")
     return table
+
+
+def comparison_table(comparison) -> Table:
+    """A `fertrain.gate.Comparison`: accuracy and per-class recall beside the baseline's, with the
+    difference's interval and McNemar's p-value."""
+    baseline = " + ".join(comparison.baseline.summary["models"])
+    table = Table(title=f"against the baseline {baseline} (same faces, same TTA)")
+    for column in ("", "new", "baseline", "difference, points (95% CI)", "McNemar p"):
+        table.add_column(column, justify="left" if not column else "right")
+    overall, *per_class = [
+        (
+            label,
+            f"{pair.new_accuracy:.2%}",
+            f"{pair.baseline_accuracy:.2%}",
+            pair.points(),
+            f"{pair.p_value:.3g}",
+        )
+        for label, pair in comparison.rows()
+    ]
+    new_f1, old_f1 = (s["macro_f1"] for s in (comparison.new.summary, comparison.baseline.summary))
+    macro_f1 = ("macro F1", f"{new_f1:.4f}", f"{old_f1:.4f}", f"{100 * (new_f1 - old_f1):+.2f}", "")
+    for row in (overall, macro_f1, *per_class):
+        table.add_row(*row)
+    return table
+
+
+def gates_table(gates) -> Table:
+    """`fertrain.gate.Gate`s: one row each, passed or failed, with its figures."""
+    table = Table(title="gates")
+    for column in ("gate", "result", "figures"):
+        table.add_column(column, overflow="fold")
+    for gate in gates:
+        table.add_row(gate.name, "[green]passed[/]" if gate.passed else "[red]FAILED[/]", gate.message)
+    return table

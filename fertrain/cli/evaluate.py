@@ -17,9 +17,11 @@ from fertrain.errors import BelowThresholdError
 from fertrain.inference import Normalization
 
 EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 when accuracy >= --min-accuracy (or none is given); "
-    "3 when accuracy is below --min-accuracy; 2 on bad input (missing or unreadable model or data); "
-    "5 when a result file cannot be written (no space, a path under a file, no permission)."
+    "Exit codes: 0 when every gate passes (or none is given); 3 when one fails: accuracy below "
+    "--min-accuracy, or more than --max-drop (--per-class-max-drop) points below the --baseline model; "
+    "2 on bad input (missing or unreadable model or data, a baseline with other classes); "
+    "5 when a result or report file cannot be written (no space, a path under a file, no permission). "
+    "The reports are written before the exit, also when a gate fails."
 )
 
 
@@ -51,27 +53,76 @@ def evaluate(
     min_accuracy: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Exit 3 when accuracy is below this.")
     ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODEL",
+            help="Also score this model (run directory, model file or `bundled`) on the same faces with "
+            "the same TTA, and compare: paired differences with 95% intervals and McNemar's exact test.",
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            metavar="POINTS",
+            min=0.0,
+            max=100.0,
+            help="Exit 3 when accuracy is more than this many percentage points below the baseline's.",
+        ),
+    ] = None,
+    per_class_max_drop: Annotated[
+        float | None,
+        typer.Option(
+            metavar="POINTS",
+            min=0.0,
+            max=100.0,
+            help="Exit 3 when any class's recall is more than this many points below the baseline's.",
+        ),
+    ] = None,
+    junit_xml: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="Write a JUnit XML report: one test case per gate."),
+    ] = None,
+    markdown: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="Write a Markdown summary (e.g. to $GITHUB_STEP_SUMMARY)."),
+    ] = None,
 ) -> None:
-    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split.
+    """Accuracy, top-2, loss, F1 and confusion matrix of a model or an ensemble on a prepared split,
+    optionally beside a baseline model and gated for CI.
 
     For a single run directory it also writes evaluation-SPLIT.json and confusion-SPLIT.png into it.
     """
     import json
 
-    from fertrain.evaluation import evaluate as run_evaluation
-    from fertrain.tables import evaluation_tables
+    from fertrain.gate import Thresholds, evaluate_with_gates
+    from fertrain.tables import comparison_table, evaluation_tables, gates_table
 
-    result = run_evaluation(
-        targets, data, split=split, tta=tta, normalize=normalize, batch_size=batch_size, out=out
+    result = evaluate_with_gates(
+        targets,
+        data,
+        split=split,
+        tta=tta,
+        normalize=normalize,
+        batch_size=batch_size,
+        out=out,
+        baseline=baseline,
+        thresholds=Thresholds(min_accuracy, max_drop, per_class_max_drop),
+        junit_path=junit_xml,
+        markdown_path=markdown,
     )
-    summary = result.summary
     if json_output:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(result.to_dict()))
     else:
-        for table in evaluation_tables(summary):
+        for table in evaluation_tables(result.evaluation.summary):
             console.print(table)
+        if result.comparison is not None:
+            console.print(comparison_table(result.comparison))
+        if result.gates:
+            console.print(gates_table(result.gates))
         for path in result.written:
             console.print(f"wrote {path}")
-    if min_accuracy is not None and summary["accuracy"] < min_accuracy:
-        accuracy = summary["accuracy"]
-        raise BelowThresholdError(f"accuracy {accuracy:.4f} is below --min-accuracy {min_accuracy}")
+    if result.failed:
+        failed = result.failed
+        count = f"{len(failed)} of {len(result.gates)} gates failed: " if len(failed) > 1 else ""
+        raise BelowThresholdError(count + "; ".join(gate.message for gate in failed))

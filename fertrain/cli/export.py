@@ -48,6 +48,10 @@ def export(
     ] = None,
     data: RunDataOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    junit_xml: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="Write a JUnit XML report with the check as its test case."),
+    ] = None,
 ) -> None:
     """Export a run's model or a model file (or several averaged) as a SavedModel, TFLite, ONNX or .keras
     file, then check it on the first test images (a model file outside a run: of --data)."""
@@ -55,7 +59,9 @@ def export(
 
     from fertrain.export import export_model
 
-    result = export_model(targets, export_format, quantize=quantize, out=out, data_dir=data)
+    result = export_model(
+        targets, export_format, quantize=quantize, out=out, data_dir=data, junit_path=junit_xml
+    )
     check = result.check
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
@@ -64,5 +70,7 @@ def export(
         console.print(f"wrote {kind} to {result.path} ({result.size_bytes / 1e6:.2f} MB)")
         verdict = "[green]passed[/]" if check.passed else "[red]FAILED[/]"
         console.print(f"check on {check.images} test images: {check.criterion}: {verdict}")
+        if junit_xml is not None:
+            console.print(f"wrote {junit_xml}")
     if not check.passed:
         raise BelowThresholdError(f"export check failed: {check.criterion}; kept {result.path}")
