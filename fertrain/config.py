@@ -470,6 +470,13 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
         node[keys[-1]] = raw
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`data` (changed in place) with each `key.path=value` override applied, as `--set` does."""
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    return data
+
+
 def validate_config(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
@@ -486,8 +493,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         data = _read_yaml(path.resolve())
         data.setdefault("name", path.stem)
         source = str(path)
-    for assignment in overrides:
-        _apply_override(data, assignment)
+    apply_overrides(data, overrides)
     if overrides:
         source = f"{source} with --set"
     return validate_config(data, source)
