@@ -111,8 +111,13 @@ def evaluate(
     classes = check_classes(models, data_dir)
     faces, labels = load_split(data_dir, split)
     labels = _checked_labels(labels, data_dir, split, classes)
-    probabilities = predict_probabilities(models, faces, normalize=normalize, tta=tta, batch_size=batch_size)
     votes = load_votes(data_dir, split)
+    if votes is not None and not majority_mask(votes).any():
+        raise DataError(
+            f"{data_dir}/{split}.npz: no face has a strict majority of FER+ votes, so there is none to "
+            "score (FER+'s figures count only those faces)"
+        )
+    probabilities = predict_probabilities(models, faces, normalize=normalize, tta=tta, batch_size=batch_size)
     ferplus = {}
     if votes is not None:
         ferplus = {"ferplus": ferplus_accuracies(labels, probabilities, votes)}

@@ -19,6 +19,7 @@ from lxml import etree
 from run_dirs import tiny_model_file, tiny_run
 from scipy.stats import binomtest
 
+from fertrain.data.ferplus import FERPLUS_CLASSES
 from fertrain.errors import ConfigError, DataError, ModelError
 from fertrain.evaluation import Evaluation
 from fertrain.gate import (
@@ -349,19 +350,31 @@ def test_json_markdown_and_the_baseline_run_directory_left_alone(
     )
 
 
-def other_classes_model(path: Path) -> Path:
-    """An untrained model that names FER2013's emotions in reverse order."""
+def untrained_model(path: Path, classes: tuple[str, ...]) -> Path:
     inputs = keras.Input((48, 48, 1))
-    outputs = keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inputs))
-    names = ("neutral", "surprise", "sad", "happy", "fear", "disgust", "angry")
-    keras.Model(inputs, with_class_names(outputs, names)).save(path)
+    outputs = keras.layers.Dense(len(classes), activation="softmax")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, with_class_names(outputs, classes)).save(path)
     return path
+
+
+def ferplus_without_majorities(directory: Path) -> Path:
+    """A prepared FER+ test split whose faces' votes all split 3-3-3-1: none has a strict majority."""
+    directory.mkdir()
+    votes = np.zeros((8, 10), np.uint8)
+    votes[:, :4] = (3, 3, 3, 1)
+    images = np.random.default_rng(0).integers(0, 256, (8, 48, 48), dtype=np.uint8)
+    np.savez(directory / "test.npz", images=images, labels=np.zeros(8, np.uint8), votes=votes)
+    (directory / "manifest.json").write_text(json.dumps({"classes": list(FERPLUS_CLASSES)}))
+    return directory
 
 
 @pytest.mark.slow
 def test_bad_input_is_one_line(new_model, prepared_sample, tmp_path, capsys, monkeypatch):
     data = ["--data", prepared_sample]
-    other = other_classes_model(tmp_path / "reversed.keras")
+    reversed_emotions = ("neutral", "surprise", "sad", "happy", "fear", "disgust", "angry")
+    other = untrained_model(tmp_path / "reversed.keras", reversed_emotions)
+    ferplus = untrained_model(tmp_path / "ferplus.keras", FERPLUS_CLASSES)
+    no_majority = ferplus_without_majorities(tmp_path / "no-majority")
     cases = [
         (
             [new_model, *data, "--baseline", other],
@@ -370,6 +383,11 @@ def test_bad_input_is_one_line(new_model, prepared_sample, tmp_path, capsys, mon
         ),
         ([new_model, *data, "--max-drop", "1"], 2, "add --baseline MODEL"),
         ([new_model, *data, "--baseline", tmp_path / "missing.keras"], 2, "missing.keras: no such model"),
+        (
+            [ferplus, "--data", no_majority, "--baseline", ferplus],
+            2,
+            "no-majority/test.npz: no face has a strict majority of FER+ votes",
+        ),
         (
             [new_model, *data, "--markdown", tmp_path / "reversed.keras" / "summary.md"],
             5,
