@@ -4,18 +4,23 @@ SavedModel, TFLite or ONNX file, checked after export.
 Several runs export as one model averaging their probabilities (`fertrain.models.ensemble`); the
 `keras` format writes such an ensemble as a single `.keras` file.
 
-Every export is checked on the first 200 images of the run's test split: a float export must give
-the Keras model's probabilities within 1e-4 (max absolute difference), an int8 export must agree on
-the top-1 emotion for at least 98% of the images. int8 quantizes weights and activations, calibrated
-on 200 training images; inputs and outputs stay float32 so callers feed the same raw 0-255 pixels.
+Every export is checked on the first 200 images of the run's test split, in every runtime installed
+that serves its format (`fertrain.runtimes`: onnxruntime and OpenCV's DNN module for ONNX, the TFLite
+interpreter for TFLite): a float export must give the Keras model's probabilities within 1e-4 (max
+absolute difference) in each, an int8 export must agree on the top-1 emotion for at least 98% of the
+images in each; a runtime that disagrees fails the check, named. int8 quantizes weights and
+activations, calibrated on 200 training images; inputs and outputs stay float32 so callers feed the
+same raw 0-255 pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -26,6 +31,7 @@ from fertrain.data.dataset import load_split
 from fertrain.errors import ConfigError, MissingDependencyError, ModelError
 from fertrain.fileio import write_atomic
 from fertrain.inference import (
+    BUNDLED_MODELS,
     RUN_CONFIG_FILE,
     RUN_MODEL_FILE,
     SAVED_MODEL_CLASS_NAMES,
@@ -35,6 +41,7 @@ from fertrain.inference import (
     resolve_model_path,
     run_data_dir,
 )
+from fertrain.runtimes import Runtime, onnx_runtimes, portable_onnx, tflite_runtimes
 
 ExportFormat = Literal["savedmodel", "tflite", "onnx", "keras"]
 Quantization = Literal["int8"]
@@ -54,12 +61,29 @@ DEFAULT_NAMES = {
 
 
 @dataclass(frozen=True)
+class RuntimeCheck:
+    """One runtime's agreement with Keras; `error` says why it could not run the export (then the
+    numbers are None)."""
+
+    runtime: str
+    max_abs_difference: float | None
+    top1_agreement: float | None
+    criterion: str
+    passed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ExportCheck:
+    """The check over every runtime: the worst difference and agreement among them, passed when
+    each passed."""
+
     images: int
     max_abs_difference: float
     top1_agreement: float
     criterion: str
     passed: bool
+    runtimes: tuple[RuntimeCheck, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,9 +96,6 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
-
-
-Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def _require_tensorflow_backend() -> None:
@@ -112,7 +133,7 @@ def _replace_dir(staged: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_savedmodel(model, out: Path) -> Predictor:
+def _export_savedmodel(model, out: Path) -> list[Runtime]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staged.chmod(out.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide it from a serving user
@@ -128,39 +149,18 @@ def _export_savedmodel(model, out: Path) -> Predictor:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    return load_classifier(out).forward
+    return [Runtime("tensorflow", load_classifier(out).forward)]
 
 
-def _export_keras(model, out: Path) -> Predictor:
+def _export_keras(model, out: Path) -> list[Runtime]:
     from fertrain.training.callbacks import save_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(model, out)
-    return load_classifier(out).forward
+    return [Runtime("keras", load_classifier(out).forward)]
 
 
-def _tflite_predictor(content: bytes) -> Predictor:
-    import warnings
-
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        # tf.lite.Interpreter is deprecated in favour of ai-edge-litert, which is not a dependency.
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=content)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        interpreter.resize_tensor_input(source["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], batch.astype(source["dtype"]))
-        interpreter.invoke()
-        return interpreter.get_tensor(target["index"]).copy()
-
-    return predict
-
-
-def _export_tflite(model, out: Path, calibration: np.ndarray | None) -> Predictor:
+def _export_tflite(model, out: Path, calibration: np.ndarray | None) -> list[Runtime]:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -173,9 +173,10 @@ def _export_tflite(model, out: Path, calibration: np.ndarray | None) -> Predicto
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    content = converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints "Saved artifact at ..." there
+        content = converter.convert()
     write_atomic(out, content)
-    return _tflite_predictor(content)
+    return tflite_runtimes(content)
 
 
 def _onnx_calibration_reader(input_name: str, calibration: np.ndarray):
@@ -192,13 +193,14 @@ def _onnx_calibration_reader(input_name: str, calibration: np.ndarray):
     return Reader()
 
 
-def _export_onnx(model, out: Path, calibration: np.ndarray | None) -> Predictor:
+def _export_onnx(model, out: Path, calibration: np.ndarray | None) -> list[Runtime]:
     import tensorflow as tf
 
-    tf2onnx, onnxruntime = _import_onnx_tools()
+    tf2onnx, _ = _import_onnx_tools()
     size = int(model.inputs[0].shape[1])
     signature = (tf.TensorSpec((None, size, size, 1), tf.float32, name="pixels"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=ONNX_OPSET)
+    portable_onnx(proto)
     from fertrain.models.class_names import saved_class_names
 
     classes = saved_class_names(model)
@@ -223,21 +225,63 @@ def _export_onnx(model, out: Path, calibration: np.ndarray | None) -> Predictor:
             )
             content = int8_path.read_bytes()
     write_atomic(out, content)
-    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {input_name: batch})[0]
+    return onnx_runtimes(content)
 
 
-def _check(reference: np.ndarray, exported: np.ndarray, quantized: bool) -> ExportCheck:
-    difference = float(np.abs(exported.astype(np.float64) - reference.astype(np.float64)).max())
-    agreement = float(np.mean(exported.argmax(axis=1) == reference.argmax(axis=1)))
+def _criterion(difference: float, agreement: float, quantized: bool) -> tuple[str, bool]:
     if quantized:
-        criterion = f"top-1 agreement {agreement:.2%} (needs >= {INT8_MIN_AGREEMENT:.0%})"
-        passed = agreement >= INT8_MIN_AGREEMENT
+        return (
+            f"top-1 agreement {agreement:.2%} (needs >= {INT8_MIN_AGREEMENT:.0%})",
+            agreement >= INT8_MIN_AGREEMENT,
+        )
+    return (
+        f"max |p_export - p_keras| {difference:.2e} (needs <= {FLOAT_TOLERANCE:.0e})",
+        difference <= FLOAT_TOLERANCE,
+    )
+
+
+def _runtime_check(
+    runtime: Runtime, reference: np.ndarray, inputs: np.ndarray, quantized: bool
+) -> RuntimeCheck:
+    """How `runtime` agrees with Keras' `reference` probabilities. One that cannot read the export
+    fails a float check (the float graph is written to be portable) and is only noted for int8,
+    whose quantized graphs not every runtime reads."""
+    if runtime.predict is None:
+        note = f"{runtime.error}{'; skipped for an int8 model' if quantized else ''}"
+        return RuntimeCheck(runtime.name, None, None, note, quantized, runtime.error)
+    try:
+        exported = np.asarray(runtime.predict(inputs), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001  (each runtime raises its own types; the check names it)
+        return RuntimeCheck(runtime.name, None, None, f"failed to run ({exc})", False, str(exc))
+    if exported.shape != reference.shape:
+        criterion = f"output shape {exported.shape}, expected {reference.shape}"
+        return RuntimeCheck(runtime.name, None, None, criterion, False)
+    difference = float(np.abs(exported - reference.astype(np.float64)).max())
+    agreement = float(np.mean(exported.argmax(axis=1) == reference.argmax(axis=1)))
+    return RuntimeCheck(runtime.name, difference, agreement, *_criterion(difference, agreement, quantized))
+
+
+def _check(
+    reference: np.ndarray, runtimes: list[Runtime], inputs: np.ndarray, quantized: bool
+) -> ExportCheck:
+    """Every runtime's check; the criterion names the runtimes that failed, else the worst numbers
+    and the runtimes they held in."""
+    checks = tuple(_runtime_check(runtime, reference, inputs, quantized) for runtime in runtimes)
+    ran = [check for check in checks if check.max_abs_difference is not None]
+    difference = max((check.max_abs_difference for check in ran), default=float("inf"))
+    agreement = min((check.top1_agreement for check in ran), default=0.0)
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        passed_in = [check.runtime for check in checks if check.passed]
+        criterion = "; ".join(f"{check.runtime}: {check.criterion}" for check in failed)
+        if passed_in:
+            criterion += f" (passed in {', '.join(passed_in)})"
     else:
-        criterion = f"max |p_export - p_keras| {difference:.2e} (needs <= {FLOAT_TOLERANCE:.0e})"
-        passed = difference <= FLOAT_TOLERANCE
-    return ExportCheck(len(reference), difference, agreement, criterion, passed)
+        criterion = (
+            f"{_criterion(difference, agreement, quantized)[0]} in {', '.join(c.runtime for c in ran)}"
+        )
+        criterion += "".join(f"; {c.runtime}: {c.criterion}" for c in checks if c.error is not None)
+    return ExportCheck(len(reference), difference, agreement, criterion, not failed, checks)
 
 
 def default_export_path(source: Path, export_format: str, quantize: str | None) -> Path:
@@ -260,6 +304,13 @@ def _export_source(target: str | Path) -> tuple[Path, Path | None]:
     if run_dir is None and (path.parent / RUN_CONFIG_FILE).is_file():
         run_dir = path.parent
     return path, run_dir
+
+
+def _check_faces(data_dir: Path) -> np.ndarray:
+    """The faces the exported model is checked on: the test split's, or the validation split's when
+    the data has no test split (FER2013 copies without PrivateTest)."""
+    split = "test" if (data_dir / "test.npz").is_file() else "val"
+    return load_split(data_dir, split)[0][:CHECK_IMAGES]
 
 
 def export_model(
@@ -292,7 +343,7 @@ def export_model(
     if data_dir is None and run_dir is None:
         raise ConfigError(f"{source}: not in a run directory, so pass the data to check on with --data DIR")
     data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run_dir)
-    check_faces = load_split(data_dir, "test")[0][:CHECK_IMAGES]
+    check_faces = _check_faces(data_dir)
 
     members = [load_keras_model(path) for path, _ in sources]
     size = int(members[0].inputs[0].shape[1])
@@ -309,17 +360,22 @@ def export_model(
         from fertrain.models.ensemble import average_ensemble  # Keras: `prepare` and `--help` stay quick
 
         model = average_ensemble(members)
-    out = Path(out) if out is not None else default_export_path(source, export_format, quantize)
+    if out is None:
+        # A bundled model's default goes to ./export/, named after it, not into the installed package.
+        bundled = str(targets[0]) in BUNDLED_MODELS and source == BUNDLED_MODELS[str(targets[0])]
+        anchor = Path(f"{targets[0]}.keras") if bundled else source
+        out = default_export_path(anchor, export_format, quantize)
+    out = Path(out)
     if export_format == "keras":
-        predictor = _export_keras(model, out)
+        runtimes = _export_keras(model, out)
     elif export_format == "savedmodel":
-        predictor = _export_savedmodel(model, out)
+        runtimes = _export_savedmodel(model, out)
     elif export_format == "tflite":
-        predictor = _export_tflite(model, out, calibration)
+        runtimes = _export_tflite(model, out, calibration)
     else:
-        predictor = _export_onnx(model, out, calibration)
+        runtimes = _export_onnx(model, out, calibration)
 
-    check = _check(reference, np.asarray(predictor(check_inputs)), quantized=quantize is not None)
+    check = _check(reference, runtimes, check_inputs, quantized=quantize is not None)
     size_bytes = _dir_size(out) if out.is_dir() else out.stat().st_size
     result = ExportResult(out, export_format, quantize, size_bytes, check)
     if junit_path is not None:  # written whether the check passed or not: CI shows why it failed
