@@ -264,8 +264,8 @@ def _runtime_check(
 def _check(
     reference: np.ndarray, runtimes: list[Runtime], inputs: np.ndarray, quantized: bool
 ) -> ExportCheck:
-    """Every runtime's check; the criterion names the runtimes that failed, else the worst numbers
-    and the runtimes they held in."""
+    """Every runtime's check; the criterion names the runtimes that failed, else gives the worst
+    numbers and the runtimes they held in."""
     checks = tuple(_runtime_check(runtime, reference, inputs, quantized) for runtime in runtimes)
     ran = [check for check in checks if check.max_abs_difference is not None]
     difference = max((check.max_abs_difference for check in ran), default=float("inf"))
@@ -273,9 +273,9 @@ def _check(
     failed = [check for check in checks if not check.passed]
     if failed:
         passed_in = [check.runtime for check in checks if check.passed]
-        criterion = "; ".join(f"{check.runtime}: {check.criterion}" for check in failed)
+        criterion = "; ".join(f"{check.criterion} in {check.runtime}" for check in failed)
         if passed_in:
-            criterion += f" (passed in {', '.join(passed_in)})"
+            criterion += f"; passed in {', '.join(passed_in)}"
     else:
         criterion = (
             f"{_criterion(difference, agreement, quantized)[0]} in {', '.join(c.runtime for c in ran)}"

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import warnings
+from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
 import pytest
 import tensorflow as tf
 from cli_main import run_cli
 from run_dirs import tiny_model_file, tiny_run
 
+import fertrain.export
+from fertrain.config import load_config
 from fertrain.data.dataset import load_split
 from fertrain.export import CHECK_IMAGES, _check, export_model
 from fertrain.inference import load_classifier
+from fertrain.models import build_model
+from fertrain.runtimes import Runtime
 
 pytestmark = pytest.mark.slow
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +114,122 @@ def test_onnx_float_and_int8_round_trip(
     result = export_model(run_dir, "onnx", quantize="int8", out=tmp_path / "m8.onnx")
     exported = _onnx_probabilities(tmp_path / "m8.onnx", check_batch)
     agreement = float(np.mean(exported.argmax(1) == keras_probabilities.argmax(1)))
-    assert result.check.top1_agreement == pytest.approx(agreement)
+    runtimes = {r.runtime: r for r in result.check.runtimes}
+    assert runtimes["onnxruntime"].top1_agreement == pytest.approx(agreement)
+    # OpenCV 4.14 reads no QDQ graph: noted, not held against the export.
+    assert runtimes["opencv-dnn"].error.startswith("cannot read the model") and runtimes["opencv-dnn"].passed
+
+
+def returning(name: str, probabilities: np.ndarray) -> Runtime:
+    return Runtime(name, lambda batch: probabilities)
 
 
 def test_check_thresholds():
     reference = np.tile(np.eye(7)[:2] * 0.9 + 0.1 / 7, (50, 1))  # 100 rows, top-1 alternating 0 and 1
-    assert _check(reference, reference + 1e-4, quantized=False).passed
-    assert not _check(reference, reference + 2e-4, quantized=False).passed
+    inputs = np.zeros((100, 48, 48, 1), np.float32)
+    assert _check(reference, [returning("a", reference + 1e-4)], inputs, quantized=False).passed
+    assert not _check(reference, [returning("a", reference + 2e-4)], inputs, quantized=False).passed
     flipped = reference.copy()
     flipped[:2] = flipped[:2, ::-1]  # 2 of 100 rows change their top-1
-    assert _check(reference, flipped, quantized=True).passed  # 98% agreement
+    assert _check(reference, [returning("a", flipped)], inputs, quantized=True).passed  # 98% agreement
     flipped[:3] = reference[:3, ::-1]
-    assert not _check(reference, flipped, quantized=True).passed  # 97%
+    assert not _check(reference, [returning("a", flipped)], inputs, quantized=True).passed  # 97%
+
+
+def test_check_fails_naming_each_runtime_that_disagrees():
+    reference = np.full((10, 7), 1 / 7)
+    inputs = np.zeros((10, 48, 48, 1), np.float32)
+    good, off = returning("good", reference + 5e-5), returning("off", reference + 3e-3)
+    check = _check(reference, [good, off], inputs, quantized=False)
+    assert not check.passed
+    assert check.criterion == "max |p_export - p_keras| 3.00e-03 (needs <= 1e-04) in off; passed in good"
+    assert check.max_abs_difference == pytest.approx(3e-3) and check.top1_agreement == 1.0
+    assert [(r.runtime, r.passed) for r in check.runtimes] == [("good", True), ("off", False)]
+    check = _check(reference, [good, returning("rows", np.ones((10, 1, 7)))], inputs, quantized=False)
+    assert not check.passed and "output shape (10, 1, 7), expected (10, 7) in rows" in check.criterion
+    # A runtime that cannot read the export fails a float check; an int8 one only notes it.
+    unread = Runtime("reader", None, "cannot read the model (DequantizeLinear)")
+    assert not _check(reference, [good, unread], inputs, quantized=False).passed
+    int8 = _check(reference, [good, unread], inputs, quantized=True)
+    assert int8.passed and int8.criterion == (
+        "top-1 agreement 100.00% (needs >= 98%) in good; "
+        "reader: cannot read the model (DequantizeLinear); skipped for an int8 model"
+    )
+
+
+def opencv_probabilities(path, batch):
+    net = cv2.dnn.readNetFromONNX(str(path))
+    net.setInput(batch)
+    return net.forward()
+
+
+def test_onnx_runs_in_opencv_dnn_as_in_keras(run_dir, check_batch, keras_probabilities, tmp_path):
+    """OpenCV's DNN module read tf2onnx's GlobalAveragePool -> Squeeze -> Softmax tail with a third
+    axis and normalized over it: every row summed to 7."""
+    pytest.importorskip("tf2onnx")
+    result = export_model(run_dir, "onnx", out=tmp_path / "m.onnx")
+    assert [r.runtime for r in result.check.runtimes] == ["onnxruntime", "opencv-dnn"]
+    assert result.check.passed and result.check.criterion.endswith("in onnxruntime, opencv-dnn")
+    opencv = opencv_probabilities(tmp_path / "m.onnx", check_batch)
+    assert opencv.shape == keras_probabilities.shape
+    np.testing.assert_allclose(opencv, keras_probabilities, atol=1e-5)
+    np.testing.assert_allclose(opencv.sum(axis=1), 1.0, atol=1e-5)
+    node_types = [node.op_type for node in onnx.load(tmp_path / "m.onnx").graph.node]
+    assert "Squeeze" not in node_types and node_types[-3:-1] == ["GlobalAveragePool", "Flatten"]
+
+
+def test_a_runtime_that_disagrees_fails_the_export_naming_it(run_dir, tmp_path, capsys, monkeypatch):
+    """The graph as tf2onnx writes it, unchanged: onnxruntime agrees, OpenCV does not."""
+    pytest.importorskip("tf2onnx")
+    monkeypatch.setattr(fertrain.export, "portable_onnx", lambda proto: proto)
+    code, out, err = run_cli(
+        ["export", run_dir, "--format", "onnx", "--out", tmp_path / "raw.onnx"], capsys, monkeypatch
+    )
+    assert code == 3
+    assert re.search(
+        r"max \|p_export - p_keras\| [0-9.e+-]+ \(needs <= 1e-04\) in opencv-dnn; passed in onnxruntime", err
+    ), err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "raw.onnx").is_file()  # kept for inspection
+
+
+def test_a_dense_head_and_a_model_file_export_to_opencv(
+    prepared_sample, check_batch, tmp_path, capsys, monkeypatch
+):
+    """Xception's head (pool, then Dense) has the same tail to fix; a .keras file outside a run
+    exports with --data."""
+    pytest.importorskip("tf2onnx")
+    config = load_config(
+        QUICKSTART, ["model.head=dense", "model.width_multiplier=0.25", f"data.dir={prepared_sample}"]
+    )
+    model_file = tmp_path / "dense.keras"
+    build_model(config.model, ("a", "b", "c", "d", "e", "f", "g")).save(model_file)
+    code, out, err = run_cli(
+        ["export", model_file, "--format", "onnx", "--data", prepared_sample, "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["path"] == str(tmp_path / "export" / "dense-model.onnx") and report["check"]["passed"]
+    keras_probabilities = load_classifier(model_file).forward(check_batch)
+    opencv = opencv_probabilities(tmp_path / "export" / "dense-model.onnx", check_batch)
+    np.testing.assert_allclose(opencv, keras_probabilities, atol=1e-5)
+
+
+def test_bundled_short_name_exports_into_the_working_directory(
+    prepared_sample, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        ["export", "bundled", "--format", "tflite", "--data", prepared_sample, "--json"], capsys, monkeypatch
+    )
+    assert code == 0, err
+    report = json.loads(out)  # nothing else on stdout
+    assert (
+        report["path"] == "export/bundled-model.tflite"
+        and (tmp_path / "export" / "bundled-model.tflite").is_file()
+    )
+    assert [r["runtime"] for r in report["check"]["runtimes"]] == ["tflite"] and report["check"]["passed"]
+    code, _, err = run_cli(["export", "bundled", "--format", "onnx"], capsys, monkeypatch)
+    assert code == 2 and "pass the data to check on with --data DIR" in err
 
 
 def test_bad_requests_exit_2(run_dir, tmp_path, capsys, monkeypatch):
