@@ -17,9 +17,11 @@ from fertrain.errors import BelowThresholdError
 from fertrain.export import ExportFormat, Quantization
 
 EXPORT_EXIT_CODES = (
-    "After exporting, the first 200 test images are run through the export and the Keras model: "
-    "float exports must match within 1e-4 (max abs probability difference), int8 exports must agree on "
-    "the top-1 emotion for >= 98% of them. Exit codes: 0 export written and check passed; 3 check failed "
+    "After exporting, the first 200 test images are run through the Keras model and through the export in "
+    "every runtime installed that serves it (ONNX: onnxruntime and OpenCV's DNN module; TFLite: the TFLite "
+    "interpreter): float exports must match within 1e-4 (max abs probability difference), int8 exports "
+    "must agree on the top-1 emotion for >= 98% of them, in each runtime. Exit codes: 0 export written "
+    "and check passed; 3 check failed, naming the runtime "
     "(the file is kept for inspection); 2 bad input or a missing optional dependency; 5 the export "
     "cannot be written (no space, a path under a file, no permission)."
 )
@@ -31,8 +33,9 @@ def export(
         list[str],
         typer.Argument(
             metavar="RUN_DIR|MODEL...",
-            help="A run directory written by `fertrain train` or a .keras/.h5 model file (a calibrated "
-            "one, say); several export as one model averaging their probabilities.",
+            help="A run directory written by `fertrain train`, a .keras/.h5 model file (a calibrated "
+            "one, say) or a bundled model's name (bundled, ferplus); several export as one model "
+            "averaging their probabilities.",
         ),
     ],
     export_format: Annotated[
