@@ -11,18 +11,21 @@ from collections.abc import Sequence
 import keras
 
 from fertrain.errors import ModelError
-from fertrain.models.class_names import saved_class_names, with_class_names
+from fertrain.models.class_names import default_class_names, saved_class_names, with_class_names
 
 
 def average_ensemble(members: Sequence[keras.Model]) -> keras.Model:
     """One model: raw pixels in, the mean of the members' softmax outputs out, named by the members'
-    class names when they carry them (they must agree)."""
+    class names (they must agree)."""
     if len(members) < 2:
         raise ModelError(f"an ensemble needs at least two models, got {len(members)}")
     shapes = {tuple(member.inputs[0].shape[1:]) for member in members}
     if len(shapes) != 1:
         raise ModelError(f"ensemble members must take the same input shape, got {sorted(shapes)}")
-    names = {saved_class_names(member) for member in members}
+    # A member saved without names means what `fertrain.inference` reads it as (7 outputs: FER2013's).
+    names = {
+        saved_class_names(member) or default_class_names(member.outputs[0].shape[-1]) for member in members
+    }
     if len(names) != 1:
         raise ModelError(f"ensemble members must name the same classes, got {sorted(map(str, names))}")
     classes = names.pop()
