@@ -89,10 +89,22 @@ def _face_list(faces: Any) -> tuple[list[Any], bool]:
     raise DataError(f"faces: expected an array or a list of arrays, got {type(faces).__name__}")
 
 
+def _stacked_faces(faces: Any) -> tuple[np.ndarray, bool]:
+    """(uint8 faces [N, 48, 48], whether one face was given) of what `Model.predict` takes."""
+    from fertrain.predict import to_face
+
+    listed, single = _face_list(faces)
+    stacked = np.zeros((len(listed), FACE_SIZE, FACE_SIZE), np.uint8)
+    for index, face in enumerate(listed):
+        stacked[index] = to_face(_gray_uint8(face, f"face {index}"))
+    return stacked, single
+
+
 class Model:
     """A loaded classifier: `classes` names its outputs; `predict` classifies faces, `detect` finds
-    the faces in a photo and classifies each. `tta` is the default test-time augmentation (none,
-    flip, crops, ten_crop) of both; `normalize` the pixel scaling a foreign model expects."""
+    the faces in a photo and classifies each, `explain` maps where in a face the evidence for a class
+    lies. `tta` is the default test-time augmentation (none, flip, crops, ten_crop) of `predict` and
+    `detect`; `normalize` the pixel scaling a foreign model expects."""
 
     def __init__(self, loaded: LoadedModel, tta: str = "none", normalize: str = "raw"):
         if tta not in TTA_MODES:
@@ -101,6 +113,7 @@ class Model:
         self.tta = tta
         self.normalize = normalize
         self._detector = None
+        self._explainer = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -119,14 +132,36 @@ class Model:
         or a list of faces of different sizes gives [N, classes]. uint8 pixels are 0-255; float
         pixels are 0-1 when a face's values are all <= 1, else 0-255. Each face is made gray and
         resized to 48x48 as `fertrain predict` does."""
-        listed, single = _face_list(faces)
-        from fertrain.predict import to_face
-
-        stacked = np.zeros((len(listed), FACE_SIZE, FACE_SIZE), np.uint8)
-        for index, face in enumerate(listed):
-            stacked[index] = to_face(_gray_uint8(face, f"face {index}"))
+        stacked, single = _stacked_faces(faces)
         probabilities = self._probabilities(stacked, tta, batch_size)
         return probabilities[0] if single else probabilities
+
+    def explain(self, faces: Any, emotion: str | None = None) -> np.ndarray:
+        """Grad-CAM maps with values in 0-1, [48, 48] for one face or [N, 48, 48], of faces as `predict`
+        takes them (each made gray and 48x48 as there): where in the face the evidence lies for its
+        most probable class (with the default TTA), or for class `emotion`. `fertrain.explain` says
+        how; `explained_layers` names the feature maps it used."""
+        from fertrain.explain import class_index
+
+        stacked, single = _stacked_faces(faces)
+        if emotion is None:
+            targets = self._probabilities(stacked, None, 256).argmax(axis=1)
+        else:
+            targets = np.full(len(stacked), class_index(emotion, self.classes))
+        maps = self._gradcam().face_maps(stacked, targets, self.normalize)
+        return maps[0] if single else maps
+
+    @property
+    def explained_layers(self) -> tuple[str, ...]:
+        """The feature maps `explain` weighs: one per network (an ensemble has several)."""
+        return self._gradcam().layers
+
+    def _gradcam(self):
+        if self._explainer is None:
+            from fertrain.explain import GradCam
+
+            self._explainer = GradCam(self.loaded)
+        return self._explainer
 
     def detect(self, image: Any, tta: str | None = None) -> list[DetectedFace]:
         """Every face OpenCV's Haar cascade finds in a photo (a file path, or pixels as `predict`

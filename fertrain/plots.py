@@ -105,3 +105,23 @@ def reliability_png(reliability: Sequence[dict], ece: float, title: str) -> byte
     bottom.set_xlabel("confidence (top-1 probability)")
     bottom.set_ylabel("images")
     return _png(figure)
+
+
+def image_rows_png(
+    rows: Sequence[tuple[str, Sequence[tuple[np.ndarray | None, str]]]], columns: int
+) -> bytes:
+    """RGB images in rows, each row labelled on its left and each image captioned; None leaves a
+    captioned blank."""
+    figure, axes = plt.subplots(len(rows), columns, figsize=(columns * 1.9, len(rows) * 2.1), squeeze=False)
+    for (label, cells), row_axes in zip(rows, axes, strict=True):
+        for index, ax in enumerate(row_axes):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_frame_on(False)
+            if index < len(cells):
+                image, caption = cells[index]
+                if image is not None:
+                    ax.imshow(image)
+                ax.set_title(caption, fontsize=8)
+        row_axes[0].set_ylabel(label, fontsize=10)
+    return _png(figure)

@@ -3,10 +3,14 @@
 48x48 images are taken as face crops as they are. Other images are converted to grayscale and
 resized to 48x48 whole, or, with face detection, every face OpenCV's frontal-face Haar cascade finds
 (the cascade ships inside opencv-python-headless) is cropped, resized and classified on its own.
+With an explanation folder, each face also gets its Grad-CAM heat map (`fertrain.explain`), as a face
+view of its own and, on a photo with detected faces, inside its box on the whole photo.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +33,36 @@ from fertrain.inference import (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 BUNDLED_MODEL = BUNDLED_MODELS["bundled"]
 TOP_K = 3
+UNSAFE_IN_NAMES = re.compile(r"[^\w.-]+")
+EXPLAINED_FACE_SIZE = 192  # pixels a side of each face's heat-map view: 48 is too small to look at
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 CASCADE_WINDOW = 24  # the side of the window the cascade was trained on: the smallest face it finds
+
+
+@dataclass(frozen=True)
+class FaceExplanation:
+    """A face's Grad-CAM: the class explained, the feature maps it was taken at (one per network of
+    an ensemble) and the image written."""
+
+    emotion: str
+    layers: tuple[str, ...]
+    file: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"emotion": self.emotion, "layers": list(self.layers), "file": str(self.file)}
 
 
 @dataclass(frozen=True)
 class FacePrediction:
     box: tuple[int, int, int, int] | None  # x, y, width, height in the image; None: the whole image
     top: list[tuple[str, float]]  # the TOP_K most probable emotions, most probable first
+    explanation: FaceExplanation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "box": None if self.box is None else list(self.box),
             "top": [{"emotion": name, "probability": p} for name, p in self.top],
+            "explanation": None if self.explanation is None else self.explanation.to_dict(),
         }
 
 
@@ -50,12 +71,14 @@ class ImagePrediction:
     image: Path
     faces: list[FacePrediction]
     annotated: Path | None = None
+    explained: Path | None = None  # the whole photo with every face's heat map in its box
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": str(self.image),
             "faces": [face.to_dict() for face in self.faces],
             "annotated": None if self.annotated is None else str(self.annotated),
+            "explained": None if self.explained is None else str(self.explained),
         }
 
 
@@ -191,6 +214,51 @@ def _write_image(path: Path, rgb: np.ndarray) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
+def _explained_face(rgb: np.ndarray, box: tuple[int, int, int, int] | None, heat: np.ndarray) -> np.ndarray:
+    """The face as the model saw it (its box, or the whole image), resized to EXPLAINED_FACE_SIZE a
+    side, its map laid over it."""
+    import cv2
+
+    from fertrain.explain import heat_overlay
+
+    x, y, width, height = box if box is not None else (0, 0, rgb.shape[1], rgb.shape[0])
+    size = (EXPLAINED_FACE_SIZE, EXPLAINED_FACE_SIZE)
+    view = cv2.resize(
+        np.ascontiguousarray(rgb[y : y + height, x : x + width]), size, interpolation=cv2.INTER_LINEAR
+    )
+    return heat_overlay(view, heat)
+
+
+def _write_explanations(
+    directory: Path,
+    image: Path,
+    rgb: np.ndarray,
+    predictions: list[FacePrediction],
+    maps: list[np.ndarray],
+    emotions: list[str],
+    layers: tuple[str, ...],
+    taken: set[Path],
+) -> tuple[list[FacePrediction], Path | None]:
+    """Writes DIR/STEM-faceN-EMOTION.png per face and, when faces were detected, DIR/STEM-gradcam.png
+    (the photo with each map in its box); returns the predictions with their explanations."""
+    from fertrain.explain import heat_overlay
+
+    base = _annotated_path(directory, Path(image.stem), taken)
+    explained = []
+    for number, (face, heat, emotion) in enumerate(zip(predictions, maps, emotions, strict=True), start=1):
+        safe = UNSAFE_IN_NAMES.sub("_", emotion)  # class names come from folder names too
+        target = base.with_name(f"{base.name}-face{number}-{safe}.png")
+        written = _write_image(target, _explained_face(rgb, face.box, heat))
+        explained.append(dataclasses.replace(face, explanation=FaceExplanation(emotion, layers, written)))
+    boxed = [(face.box, heat) for face, heat in zip(predictions, maps, strict=True) if face.box is not None]
+    if not boxed:
+        return explained, None
+    photo = rgb
+    for box, heat in boxed:
+        photo = heat_overlay(photo, heat, box)
+    return explained, _write_image(base.with_name(f"{base.name}-gradcam.png"), photo)
+
+
 def predict_images(
     model: str | Path | LoadedModel,
     images: Sequence[str | Path],
@@ -198,9 +266,21 @@ def predict_images(
     annotate_dir: str | Path | None = None,
     normalize: str = "raw",
     tta: str = "none",
+    explain_dir: str | Path | None = None,
+    explain_class: str | None = None,
 ) -> list[ImagePrediction]:
-    """Top-3 emotions for every image, or for every face found in it when `detect` is set."""
+    """Top-3 emotions for every image, or for every face found in it when `detect` is set.
+
+    With `explain_dir`, every face's Grad-CAM map of its top emotion (or of `explain_class`) is written
+    there; a model without a convolution to explain, an unknown class or no face at all is bad input.
+    """
     classifier = load_classifier(model)
+    explainer = None
+    if explain_dir is not None:
+        from fertrain.explain import GradCam, class_index
+
+        explainer = GradCam(classifier)
+        wanted = None if explain_class is None else class_index(explain_class, classifier.classes)
     paths = list_images(images)
     detector = face_detector() if detect else None
     pictures, boxes_per_image, faces = [], [], []
@@ -216,17 +296,35 @@ def predict_images(
         pictures.append(rgb)
         boxes_per_image.append(boxes)
     stacked = np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
-    probabilities = iter(predict_probabilities([classifier], stacked, normalize=normalize, tta=tta))
-    results, taken = [], set()
+    probabilities = predict_probabilities([classifier], stacked, normalize=normalize, tta=tta)
+    if explainer is not None:
+        if not faces:
+            raise DataError(f"nothing to explain: no face found in {', '.join(map(str, paths))}")
+        targets = probabilities.argmax(axis=1) if wanted is None else np.full(len(faces), wanted)
+        maps = iter(explainer.face_maps(stacked, targets, normalize))
+        emotions = iter(classifier.classes[i] for i in targets)
+    rows = iter(probabilities)
+    results, taken, explain_taken = [], set(), set()
     for path, rgb, boxes in zip(paths, pictures, boxes_per_image, strict=True):
-        predictions = [
-            FacePrediction(box, top_emotions(next(probabilities), classifier.classes)) for box in boxes
-        ]
-        annotated = None
+        predictions = [FacePrediction(box, top_emotions(next(rows), classifier.classes)) for box in boxes]
+        annotated = explained = None
         if annotate_dir is not None:
             target = _annotated_path(Path(annotate_dir), path, taken)
             annotated = _write_image(target, annotate(rgb, predictions))
-        results.append(ImagePrediction(path, predictions, annotated))
+        if explainer is not None and boxes:
+            face_maps = [next(maps) for _ in boxes]
+            face_emotions = [next(emotions) for _ in boxes]
+            predictions, explained = _write_explanations(
+                Path(explain_dir),
+                path,
+                rgb,
+                predictions,
+                face_maps,
+                face_emotions,
+                explainer.layers,
+                explain_taken,
+            )
+        results.append(ImagePrediction(path, predictions, annotated, explained))
     return results
 
 

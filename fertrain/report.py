@@ -1,8 +1,9 @@
 """`fertrain report`: a self-contained report.html (images embedded as base64) and report.md for a run.
 
 The report shows training curves from history.csv, the evaluation of the run's model on a split
-(confusion heatmap, reliability diagram, per-class table, the most confident mistakes), the resolved
-config, and the environment and timings from metrics.json. Other models (`--compare`) are scored on
+(confusion heatmap, reliability diagram, per-class table, the most confident mistakes, and per class
+the mean Grad-CAM map over its right answers and the maps of its most confident mistakes), the
+resolved config, and the environment and timings from metrics.json. Other models (`--compare`) are scored on
 the same faces beside it, e.g. the model bundled with fertrain beside a run trained on the bundled
 sample.
 """
@@ -25,13 +26,21 @@ from fertrain.config import load_config
 from fertrain.errors import ModelError
 from fertrain.evaluation import Evaluation, confusion_file, evaluate
 from fertrain.fileio import write_atomic
-from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE
+from fertrain.inference import (
+    RUN_CONFIG_FILE,
+    RUN_HISTORY_FILE,
+    RUN_METRICS_FILE,
+    LoadedModel,
+    load_classifier,
+)
 from fertrain.metrics import PER_CLASS_COLUMNS, SUMMARY_METRICS
-from fertrain.plots import mistakes_grid_png, reliability_png, training_curves_png
+from fertrain.plots import image_rows_png, mistakes_grid_png, reliability_png, training_curves_png
 from fertrain.predict import BUNDLED_MODEL
 
 CURVES_FILE = "report-curves.png"
 RELIABILITY_FILE = "report-reliability.png"
+GRADCAM_FILE = "report-gradcam.png"
+GRADCAM_MISTAKES = 4  # per class, beside its mean map
 MISTAKES_FILE = "report-mistakes.png"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 COMPARISON_METRICS = (("accuracy", "accuracy"), ("top2_accuracy", "top-2 accuracy"), ("macro_f1", "macro F1"))
@@ -172,7 +181,43 @@ def _per_class_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     ]
 
 
-def _figures(run_dir: Path, history: pd.DataFrame, evaluation: Evaluation, mistakes: int) -> list[Figure]:
+def _gradcam_figure(model: LoadedModel, evaluation: Evaluation) -> Figure:
+    """Per class: the mean face and mean Grad-CAM map of the faces it got right, then its most
+    confident mistakes (faces of other classes predicted as it), each with its map."""
+    from fertrain.explain import GradCam, class_maps, heat_overlay
+
+    def overlay(face: np.ndarray, heat: np.ndarray) -> np.ndarray:
+        gray = np.round(face).astype(np.uint8)
+        return heat_overlay(np.stack([gray] * 3, axis=-1), heat)
+
+    rows = []
+    summary = evaluation.summary
+    for maps in class_maps(
+        GradCam(model), evaluation.faces, evaluation.labels, evaluation.probabilities, GRADCAM_MISTAKES
+    ):
+        mean = (
+            (None, "none right")
+            if maps.mean_face is None
+            else (
+                overlay(maps.mean_face, maps.mean_map),
+                f"mean of {maps.correct} right",
+            )
+        )
+        wrong = [(overlay(face, heat), f"true {true}, {p:.2f}") for face, heat, true, p in maps.mistakes]
+        rows.append((maps.name, [mean, *wrong]))
+    title = (
+        f"Grad-CAM per class ({summary['split']}): mean map of its right answers, "
+        f"then its {GRADCAM_MISTAKES} most confident mistakes"
+    )
+    return Figure(title, GRADCAM_FILE, image_rows_png(rows, 1 + GRADCAM_MISTAKES))
+
+
+def _figures(
+    run_dir: Path, history: pd.DataFrame, model: LoadedModel, evaluation: Evaluation, mistakes: int
+) -> list[Figure]:
+    """The report's figures, in order; Grad-CAM's last, and only under TensorFlow, whose gradients it uses."""
+    import keras
+
     summary = evaluation.summary
     split = summary["split"]
     chosen = most_confident_mistakes(evaluation, mistakes)
@@ -183,7 +228,7 @@ def _figures(run_dir: Path, history: pd.DataFrame, evaluation: Evaluation, mista
         for i, true, guess in zip(chosen, evaluation.labels[chosen], predicted[chosen], strict=True)
     ]
     confusion = confusion_file(run_dir, split)  # written by `evaluate` for the run directory
-    return [
+    figures = [
         Figure("Training curves", CURVES_FILE, training_curves_png(history)),
         Figure(f"Confusion matrix ({split})", confusion.name, confusion.read_bytes()),
         Figure(
@@ -197,6 +242,9 @@ def _figures(run_dir: Path, history: pd.DataFrame, evaluation: Evaluation, mista
             mistakes_grid_png(evaluation.faces[chosen], captions),
         ),
     ]
+    if keras.backend.backend() == "tensorflow":
+        figures.append(_gradcam_figure(model, evaluation))
+    return figures
 
 
 def _html_table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]]) -> str:
@@ -239,7 +287,7 @@ def _render_html(content: _Content) -> str:
         title = html.escape(item.title)
         return f'<h2>{title}</h2><img alt="{title}" src="data:image/png;base64,{data}">'
 
-    curves, confusion, reliability, mistakes = content.figures
+    curves, confusion, reliability, mistakes, *explained = content.figures
     comparison = (
         [f"<h2>{COMPARISON_TITLE}</h2>", _html_table(COMPARISON_COLUMNS, content.comparison)]
         if content.comparison
@@ -260,6 +308,7 @@ def _render_html(content: _Content) -> str:
             "<h2>Per class</h2>",
             _html_table(PER_CLASS_COLUMNS, content.per_class),
             figure(mistakes),
+            *map(figure, explained),
             "<h2>Resolved config</h2>",
             f"<pre>{html.escape(content.config)}</pre>",
             "<h2>Environment and timings</h2>",
@@ -273,7 +322,7 @@ def _render_markdown(content: _Content) -> str:
     def figure(item: Figure) -> str:
         return f"## {item.title}\n\n![{item.title}]({item.file})"
 
-    curves, confusion, reliability, mistakes = content.figures
+    curves, confusion, reliability, mistakes, *explained = content.figures
     comparison = (
         [f"## {COMPARISON_TITLE}", _md_table(COMPARISON_COLUMNS, content.comparison)]
         if content.comparison
@@ -293,6 +342,7 @@ def _render_markdown(content: _Content) -> str:
                 "## Per class",
                 _md_table(PER_CLASS_COLUMNS, content.per_class),
                 figure(mistakes),
+                *map(figure, explained),
                 "## Resolved config",
                 f"```yaml\n{content.config.rstrip()}\n```",
                 "## Environment and timings",
@@ -321,7 +371,8 @@ def build_report(
     config_path = run_dir / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise ModelError(f"{config_path}: missing; {run_dir} is not a `fertrain train` run")
-    evaluation = evaluate([run_dir], data_dir, split=split, tta=tta)
+    model = load_classifier(run_dir)
+    evaluation = evaluate([model], data_dir, split=split, tta=tta)
     summary = evaluation.summary
 
     def score(target: str | Path) -> ModelScore:
@@ -339,7 +390,7 @@ def build_report(
         summary=_summary_rows(run_metrics, summary),
         comparison=_comparison_rows(scores) if compare else [],
         per_class=_per_class_rows(summary),
-        figures=_figures(run_dir, history, evaluation, mistakes),
+        figures=_figures(run_dir, history, model, evaluation, mistakes),
         config=config_path.read_text(encoding="utf-8"),
         environment=_flatten(run_metrics),
     )

@@ -85,8 +85,17 @@ def predictions_table(results, title: str) -> Table:
             box = "whole image" if face.box is None else ", ".join(map(str, face.box))
             top = ", ".join(f"{name} {probability:.2f}" for name, probability in face.top)
             table.add_row(str(result.image), box, top)
+            if face.explanation is not None:
+                where = ", ".join(face.explanation.layers)
+                table.add_row(
+                    "",
+                    f"[dim]Grad-CAM of {face.explanation.emotion} at {where}[/]",
+                    str(face.explanation.file),
+                )
         if result.annotated is not None:
             table.add_row("", f"[dim]annotated: {result.annotated}[/]", "")
+        if result.explained is not None:
+            table.add_row("", "[dim]Grad-CAM maps in their boxes[/]", str(result.explained))
     return table
 
 

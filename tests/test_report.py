@@ -36,7 +36,7 @@ def test_report_is_self_contained_and_shows_the_runs_numbers(run_dir, capsys, mo
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     titles = ["Training curves", "Confusion matrix (test)", "Reliability diagram (test)"]
     assert [title for title, _ in images][:3] == titles
-    assert len(images) == 4
+    assert len(images) == 5 and images[4][0].startswith("Grad-CAM per class (test)")
     for _, data in images:
         assert base64.b64decode(data).startswith(PNG_MAGIC)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not fetch anything"

@@ -72,7 +72,7 @@ def test_report_loads_in_chromium_with_every_image_decoded(report_html, tmp_path
     assert problems == []
     titles = ["Training curves", "Confusion matrix (test)", "Reliability diagram (test)"]
     assert [alt for alt, _, _ in images][:3] == titles
-    assert len(images) == 4
+    assert len(images) == 5 and images[4][0].startswith("Grad-CAM per class (test)")
     assert all(complete and width > 0 for _, complete, width in images), images
     evaluation = json.loads((report_html.parent / "evaluation-test.json").read_text())
     accuracy = f"{evaluation['accuracy']:.4f}"

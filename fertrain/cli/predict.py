@@ -71,6 +71,18 @@ def predict(
     show: Annotated[
         bool, typer.Option("--show", help="Video or camera: show the annotated frames in a window.")
     ] = False,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Images: write each face's Grad-CAM heat map of its top emotion into DIR "
+            "(STEM-faceN-EMOTION.png; with --detect-faces also STEM-gradcam.png, the maps in their boxes).",
+        ),
+    ] = None,
+    explain_class: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="With --explain: the map of this class instead of the top one."),
+    ] = None,
 ) -> None:
     """Top-3 emotions with probabilities for each image, or for each face with --detect-faces; the
     emotions of every face in a video or a live camera.
@@ -83,8 +95,12 @@ def predict(
     from fertrain.tables import predictions_table
     from fertrain.video import video_request
 
+    if explain_class is not None and explain is None:
+        raise typer.BadParameter("--explain-class needs --explain DIR")
     request = video_request(arguments or [], camera)
     if request is not None:
+        if explain is not None:
+            raise typer.BadParameter("--explain applies to images, not to a video or --camera")
         _predict_video(*request, json_output, annotate, normalize, tta, out, every, frames, show)
         return
     given = [
@@ -96,7 +112,14 @@ def predict(
         raise typer.BadParameter("name images, a directory of images, a video or --camera INDEX")
     model, images = split_model_and_images(arguments)
     results = predict_images(
-        model, images, detect=detect_faces, annotate_dir=annotate, normalize=normalize, tta=tta
+        model,
+        images,
+        detect=detect_faces,
+        annotate_dir=annotate,
+        normalize=normalize,
+        tta=tta,
+        explain_dir=explain,
+        explain_class=explain_class,
     )
     if json_output:
         typer.echo(json.dumps([result.to_dict() for result in results]))

@@ -34,9 +34,10 @@ def report(
 ) -> None:
     """Write RUN_DIR/report.html (self-contained, images embedded) and RUN_DIR/report.md.
 
-    They show training curves, the confusion matrix, per-class metrics, the most confident
-    mistakes, the resolved config, and the environment and timings; with --compare, a table of
-    the compared models beside the run's.
+    They show training curves, the confusion matrix, the reliability diagram, per-class metrics, the
+    most confident mistakes, per class the mean Grad-CAM map of its right answers and the maps of its
+    most confident mistakes, the resolved config, and the environment and timings; with --compare, a
+    table of the compared models beside the run's.
     """
     from fertrain.report import build_report
 
