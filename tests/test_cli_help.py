@@ -10,6 +10,7 @@ from cli_main import run_cli
 COMMANDS = [
     "prepare",
     "train",
+    "tune",
     "evaluate",
     "calibrate",
     "report",

@@ -5,7 +5,18 @@ they are imported in the order of the workflow, which is the order `fertrain --h
 """
 
 # ruff: noqa: F401, I001
-from fertrain.cli import prepare, train, evaluate, calibrate, report, predict, export, summary, benchmark
+from fertrain.cli import (
+    prepare,
+    train,
+    tune,
+    evaluate,
+    calibrate,
+    report,
+    predict,
+    export,
+    summary,
+    benchmark,
+)
 from fertrain.cli.app import app, main
 
 __all__ = ["app", "main"]

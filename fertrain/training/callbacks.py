@@ -244,6 +244,20 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             self.on_epoch_end(epoch, dict(row))
 
 
+class StopWhen(keras.callbacks.Callback):
+    """Ends training after an epoch (numbered from 1) for which `decide(epoch, logs)` is true, e.g. a
+    tuner pruning the trial. Like early stopping, it must come before the checkpoints, so that the
+    epoch it stops after is saved as the last one."""
+
+    def __init__(self, decide: Callable[[int, dict[str, float]], bool]):
+        super().__init__()
+        self.decide = decide
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.decide(epoch + 1, {key: float(value) for key, value in (logs or {}).items()}):
+            self.model.stop_training = True
+
+
 class DivergenceGuard(keras.callbacks.Callback):
     """TerminateOnNaN that stops with a TrainingDivergedError naming the epoch and batch.
 

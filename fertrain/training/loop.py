@@ -49,6 +49,7 @@ from fertrain.training.callbacks import (
     ResumableReduceLROnPlateau,
     ScalarTensorBoard,
     Stopwatch,
+    StopWhen,
     TrainingReporter,
     read_backup_state,
     reporter_callback,
@@ -109,11 +110,13 @@ def train(
     resume: str | Path | None = None,
     reporter: TrainingReporter | None = None,
     runs_root: str | Path = "runs",
+    stop_when: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> TrainingResult:
     """Trains `config` into a new run directory, or continues the run in `resume`.
 
     `data_dir` overrides `config.data.dir`. Nothing is written before the config, the data and the
-    model have been checked.
+    model have been checked. `stop_when(epoch, logs)`, asked after each epoch (from 1) with its
+    logs, ends the run after that epoch when it returns true (a tuner's pruning).
     """
     session_start = time.perf_counter()
     config = _with_data_dir(_resolve_config(config, run_dir, resume), data_dir)
@@ -128,7 +131,7 @@ def train(
             save_teacher_cache(output_dir, job.splits.teacher)
         if reporter is not None:
             reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
-        metrics = _fit(job, output_dir, completed, reporter, session_start)
+        metrics = _fit(job, output_dir, completed, reporter, session_start, stop_when)
         shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
     except OSError as exc:
         raise _run_write_error(exc, output_dir, job.runtime) from exc
@@ -263,6 +266,7 @@ def _fit(
     completed: int,
     reporter: TrainingReporter | None,
     session_start: float,
+    stop_when: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Runs `fit` from epoch `completed`; returns the final metrics.json contents."""
     past = _truncate_history(output_dir / RUN_HISTORY_FILE, completed)
@@ -277,7 +281,9 @@ def _fit(
         times = _add_times(previous, stopwatch.time_parts(session_seconds, clock.seconds))
         return _write_metrics(output_dir, job, stopwatch, times, finished)
 
-    callbacks = _callbacks(job, output_dir, past, stopwatch, clock, lambda epoch, logs: write_metrics())
+    callbacks = _callbacks(
+        job, output_dir, past, stopwatch, clock, lambda epoch, logs: write_metrics(), stop_when
+    )
     if reporter is not None:  # after the stopwatch, which must be first
         callbacks.insert(1, reporter_callback(reporter, job.config.train.epochs, len(job.train_batches)))
     with job.runtime.fit_scope():
@@ -482,6 +488,7 @@ def _callbacks(
     stopwatch: Stopwatch,
     clock: CheckpointClock,
     record_epoch: Callable[[int, dict[str, Any]], None],
+    stop_when: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """Order matters: epoch-end logs are completed before they are written, early stopping decides
     before the checkpoints, and the backup is last."""
@@ -509,6 +516,8 @@ def _callbacks(
         callbacks.append(
             ResumableEarlyStopping(past, monitor=MONITOR, mode="max", patience=train.early_stopping_patience)
         )
+    if stop_when is not None:
+        callbacks.append(StopWhen(stop_when))
     callbacks.append(
         NetworkCheckpoints(
             job.trainer.network, output_dir / RUN_MODEL_FILE, output_dir / LAST_MODEL, past, MONITOR, clock
