@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_main import run_cli
+from test_report_browser import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, TABLES_JS
 
 from fertrain.config import load_config
 from fertrain.training import read_history
@@ -165,6 +166,69 @@ def test_the_report_embeds_history_effects_and_importances(grid_study):
     for title in ("Optimisation history", "Each parameter&#x27;s effect", "Parameter importances"):
         assert f'alt="{title}"' in page
     assert 'src="http' not in page and "href=" not in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_the_report_loads_in_chromium_with_every_image_decoded(grid_study, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, _, result = grid_study
+    problems = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("requestfailed", lambda request: problems.append(f"failed: {request.url[:80]}"))
+            page.goto(Path(result["report"]).as_uri(), wait_until="load")
+            images = page.evaluate("[...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
+            tables = page.evaluate(TABLES_JS)
+        finally:
+            browser.close()
+
+    assert problems == []
+    assert [alt for alt, _, _ in images] == [
+        "Optimisation history",
+        "Each parameter's effect",
+        "Parameter importances",
+    ]
+    assert all(complete and width > 0 for _, complete, width in images), images
+    best = result["best"]
+    assert tables["Summary"]["best value"] == [f"{best['value']:.4f}"]
+    assert tables["Summary"]["pruned"] == ["1"] and tables["Summary"]["complete"] == ["2"]
+    assert tables["Best parameters"] == {
+        "train.optimizer.learning_rate": [str(best["params"]["train.optimizer.learning_rate"])]
+    }
+    assert [row[0] for row in tables["Trials"].values()] == ["complete", "complete", "pruned"]
+
+
+def test_ctrl_c_fails_the_trial_and_the_rerun_resumes_its_run(tmp_path, data):
+    from fertrain.tuning import tune
+
+    class CtrlCAfterTheFirstEpoch:
+        def trials_changed(self, rows):
+            if any(row.state == "running" and row.epochs >= 1 for row in rows):
+                raise KeyboardInterrupt
+
+    space = write(tmp_path / "space.yaml", RANDOM_SPACE)
+    out = tmp_path / "study"
+    options = {"overrides": (*TINY, "train.epochs=2"), "data_dir": data, "out": out, "trials": 1, "seed": 2}
+    with pytest.raises(KeyboardInterrupt):
+        tune(
+            QUICKSTART, space, sampler="random", pruner="none", reporter=CtrlCAfterTheFirstEpoch(), **options
+        )
+    interrupted, queued = study_trials(f"sqlite:///{out / 'study.db'}")
+    assert (interrupted.state.name, queued.state.name) == ("FAIL", "WAITING")
+    assert queued.params == interrupted.params and queued.user_attrs["run"] == "trial-0000"
+    assert not list((out / "workers").iterdir())
+
+    result = tune(QUICKSTART, space, sampler="random", pruner="none", **options)
+    assert result.ran == (1,) and [row.state for row in result.trials] == ["failed", "complete"]
+    assert result.trials[1].run_dir == "trial-0000" and result.trials[1].retry_of == 0
+    assert [row["epoch"] for row in read_history(out / "trial-0000" / "history.csv")] == [1, 2]
 
 
 def test_rerunning_a_finished_study_runs_nothing_and_another_space_is_refused(
