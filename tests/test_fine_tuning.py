@@ -16,6 +16,7 @@ from run_dirs import tiny_model_file
 
 import fertrain.models  # noqa: F401  (registers fertrain's layers for load_model)
 from fertrain.config import load_config
+from fertrain.data.dataset import load_split
 from fertrain.errors import ModelError
 from fertrain.models import build_model
 from fertrain.training import read_history, train
@@ -57,6 +58,23 @@ def three_classes(tmp_path_factory, prepared_sample) -> Path:
 
 def config(data: Path, *overrides: str):
     return load_config(QUICKSTART, [*TINY, f"data.dir={data}", "train.early_stopping_patience=0", *overrides])
+
+
+def train_args(data: Path, source: Path, run_dir: Path, *overrides: str) -> list:
+    """`fertrain train` on the tiny network from `source` (the arguments after `fertrain`)."""
+    sets = [arg for item in (*TINY, *overrides) for arg in ("--set", item)]
+    return [
+        "train",
+        "--config",
+        QUICKSTART,
+        "--data",
+        data,
+        *sets,
+        "--init-from",
+        source,
+        "--run-dir",
+        run_dir,
+    ]
 
 
 def weights_by_layer(model: keras.Model) -> dict[str, list[np.ndarray]]:
@@ -195,27 +213,10 @@ def test_resume_across_the_unfreeze_equals_an_uninterrupted_run(
 
 
 def test_cli_init_from_says_what_was_copied(source, three_classes, tmp_path, capsys, monkeypatch):
-    sets = [
-        arg
-        for item in (*TINY, "train.epochs=1", "train.early_stopping_patience=0")
-        for arg in ("--set", item)
-    ]
-    code, out, err = run_cli(
-        [
-            "train",
-            "--config",
-            QUICKSTART,
-            "--data",
-            three_classes,
-            *sets,
-            "--init-from",
-            source,
-            "--run-dir",
-            tmp_path / "run",
-        ],
-        capsys,
-        monkeypatch,
+    args = train_args(
+        three_classes, source, tmp_path / "run", "train.epochs=1", "train.early_stopping_patience=0"
     )
+    code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     copied = len(weights_by_layer(source_networks(str(source))[0][0])) - 1  # all but the head
     assert f"init_from {source}: copied {copied} layers" in out
@@ -250,25 +251,9 @@ def test_bad_sources_are_one_line_exit_2_and_write_no_run(three_classes, tmp_pat
             "train.init_from: " + str(tmp_path / "absent") + ": no such model file or run directory",
         ),
     ]
-    sets = [arg for item in TINY for arg in ("--set", item)]
     for target, message in cases:
         run_dir = tmp_path / "run"
-        code, _, err = run_cli(
-            [
-                "train",
-                "--config",
-                QUICKSTART,
-                "--data",
-                three_classes,
-                *sets,
-                "--init-from",
-                target,
-                "--run-dir",
-                run_dir,
-            ],
-            capsys,
-            monkeypatch,
-        )
+        code, _, err = run_cli(train_args(three_classes, target, run_dir), capsys, monkeypatch)
         one_line_error(code, err, message)
         assert not run_dir.exists()
     code, _, err = run_cli(
@@ -293,23 +278,9 @@ def test_head_only_epochs_on_other_backends(source, three_classes, tmp_path, bac
 
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    sets = [arg for item in (*TINY, "train.epochs=1", "train.freeze_epochs=1") for arg in ("--set", item)]
+    args = train_args(three_classes, source, tmp_path / "run", "train.epochs=1", "train.freeze_epochs=1")
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fertrain",
-            "train",
-            "--config",
-            QUICKSTART,
-            "--data",
-            three_classes,
-            *sets,
-            "--init-from",
-            source,
-            "--run-dir",
-            tmp_path / "run",
-        ],
+        [sys.executable, "-m", "fertrain", *map(str, args)],
         capture_output=True,
         text=True,
         env={**os.environ, "KERAS_BACKEND": backend},
@@ -320,3 +291,41 @@ def test_head_only_epochs_on_other_backends(source, three_classes, tmp_path, bac
     frozen = json.loads((tmp_path / "run" / "metrics.json").read_text())["init_from"]["frozen_layers"]
     ours = weights_by_layer(keras.saving.load_model(tmp_path / "run" / "last.keras", safe_mode=True))
     assert_layers_equal(ours, weights_by_layer(source_networks(str(source))[0][0]), frozen)
+
+
+@pytest.mark.slow
+def test_image_folder_round_trip_fine_tunes_the_bundled_model(prepared_sample, tmp_path):
+    """The sample's faces as PNG folders of 3 made-up classes, prepared, fine-tuned from `bundled`
+    (its smaller member) and scored: the copied features separate them from the first epochs."""
+    from PIL import Image
+
+    made_up = {3: "smiling", 5: "startled", 2: "startled"}  # FER2013 labels; the rest are "other"
+    for split in ("train", "test"):
+        images, labels = load_split(prepared_sample, split)
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = tmp_path / "faces" / split / made_up.get(int(label), "other")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{index}.png")
+    manifest = fertrain.prepare(tmp_path / "faces", tmp_path / "prepared")
+    assert manifest["classes"] == ["other", "smiling", "startled"]
+    run = fertrain.train(
+        REPO / "configs" / "fer2013_cpu.yaml",
+        data=tmp_path / "prepared",
+        overrides={
+            "model.middle_repeats": 0,
+            "train.init_from": "bundled",
+            "train.freeze_epochs": 1,
+            "train.epochs": 3,
+            "train.optimizer.learning_rate": 0.001,
+            "train.mixed_precision": "off",
+        },
+        run_dir=tmp_path / "run",
+    )
+    assert (
+        run.metrics["init_from"]["member"].startswith("member1") and run.metrics["init_from"]["skipped"] == []
+    )
+    summary = fertrain.evaluate(run.run_dir, split="test").summary
+    test_labels = load_split(tmp_path / "prepared", "test")[1]
+    majority = np.bincount(test_labels).max() / len(test_labels)
+    assert summary["class_names"] == ["other", "smiling", "startled"]
+    assert summary["accuracy"] > majority + 0.05, (summary["accuracy"], majority)
