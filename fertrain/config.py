@@ -421,17 +421,22 @@ def _format_validation(error: ValidationError, source: str) -> str:
     return f"{source}: {path}: {_describe(first)}{more}"
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path in chain:
-        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in chain)}")
+def read_yaml_file(path: Path, what: str = "config") -> Any:
+    """The YAML document in `path`, or a one-line ConfigError naming the file (and the line)."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in chain)}")
+    loaded = read_yaml_file(path)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -1,8 +1,7 @@
 """report.html opened in a real browser, headless Chromium driven by Playwright: the page loads without
 console errors, every image decodes and the summary shows the accuracy evaluation-test.json holds.
 
-Playwright drives the system's Chromium (Debian's `chromium` package, which `.ci/run` installs), so
-nothing is downloaded; without one the test is skipped.
+Without a Chromium on PATH the test is skipped (tests/browser.py).
 """
 
 from __future__ import annotations
@@ -11,34 +10,13 @@ import json
 import shutil
 
 import pytest
+from browser import CHROMIUM, NO_CHROMIUM, load_in_chromium
 from run_dirs import tiny_run
 
 from fertrain.predict import BUNDLED_MODEL
 from fertrain.report import build_report
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NO_CHROMIUM = "no Chromium on PATH: install it (Debian: apt-get install -y chromium; .ci/run does)"
-# Playwright adds --headless and the --user-data-dir it is given. The network is closed: every
-# background fetch Chromium would try is switched off rather than left to time out.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# The table under each <h2>, by the heading's text: {a body row's first cell: its other cells}.
-TABLES_JS = """() => Object.fromEntries([...document.querySelectorAll('h2 + table')].map(table => [
-    table.previousElementSibling.textContent,
-    Object.fromEntries([...table.tBodies[0].rows].map(row => {
-        const [first, ...rest] = [...row.cells].map(cell => cell.textContent);
-        return [first, rest];
-    })),
-]))"""
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +29,8 @@ def report_html(tmp_path_factory, prepared_sample):
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_report_loads_in_chromium_with_every_image_decoded(report_html, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    problems = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("requestfailed", lambda request: problems.append(f"failed: {request.url[:80]}"))
-            page.goto(report_html.as_uri(), wait_until="load")
-            images = page.evaluate("[...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
-            tables = page.evaluate(TABLES_JS)
-        finally:
-            browser.close()
+    loaded = load_in_chromium(report_html, tmp_path / "profile")
+    problems, images, tables = loaded.problems, loaded.images, loaded.tables
 
     assert problems == []
     titles = ["Training curves", "Confusion matrix (test)", "Reliability diagram (test)"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, NO_CHROMIUM, load_in_chromium
 from cli_main import run_cli
-from test_report_browser import CHROMIUM, CHROMIUM_FLAGS, NO_CHROMIUM, TABLES_JS
 
 from fertrain.config import load_config
 from fertrain.training import read_history
@@ -170,24 +170,9 @@ def test_the_report_embeds_history_effects_and_importances(grid_study):
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_the_report_loads_in_chromium_with_every_image_decoded(grid_study, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _, _, result = grid_study
-    problems = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("requestfailed", lambda request: problems.append(f"failed: {request.url[:80]}"))
-            page.goto(Path(result["report"]).as_uri(), wait_until="load")
-            images = page.evaluate("[...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
-            tables = page.evaluate(TABLES_JS)
-        finally:
-            browser.close()
+    loaded = load_in_chromium(Path(result["report"]), tmp_path / "profile")
+    problems, images, tables = loaded.problems, loaded.images, loaded.tables
 
     assert problems == []
     assert [alt for alt, _, _ in images] == [
@@ -362,6 +347,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path, data, capsys, monkeypa
         ("model.entry_widths: {categorical: []}\n", "categorical needs a non-empty list of values"),
         ("model.dropout: {float: [0.0, 0.5], steps: 0.1}\n", "float takes log, step, got steps"),
         ("- model.dropout\n", "expected a mapping of config paths to distributions"),
+        ("model.dropout: {float: [0.0, 0.5]\n", "not valid YAML"),
     ],
 )
 def test_bad_space_files_are_one_line_errors(tmp_path, space, message, capsys, monkeypatch):

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from fertrain.fileio import write_atomic
-from fertrain.plots import MaxNLocator, _png, plt
+from fertrain.plots import _png, plt
 from fertrain.report import _STYLE, _html_table
 from fertrain.tuning.space import Param, yaml_text
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from fertrain.config import Config, load_config
+from fertrain.config import Config, load_config, read_yaml_file
 from fertrain.errors import ConfigError
 
 KINDS = ("float", "int", "categorical")
@@ -130,14 +130,7 @@ def load_space(path: str | Path, base: str | Path, overrides: Sequence[str] = ()
     """Reads and checks a space file: every path is a config field, every range is well formed,
     and every value the schema could refuse (a range's ends, each choice) is tried on the base config."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: space file not found")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    loaded = read_yaml_file(path, "space")
     if not isinstance(loaded, dict) or not loaded:
         raise ConfigError(
             f"{path}: expected a mapping of config paths to distributions, e.g. "

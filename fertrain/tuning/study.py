@@ -40,6 +40,7 @@ from fertrain.errors import ConfigError, FileSystemError, MissingDependencyError
 from fertrain.fileio import write_atomic
 from fertrain.inference import RUN_CONFIG_FILE, RUN_HISTORY_FILE, RUN_METRICS_FILE
 from fertrain.training import read_history, train
+from fertrain.tuning.report import write_tune_report
 from fertrain.tuning.space import SearchSpace, config_with, load_space, yaml_text
 
 try:
@@ -229,8 +230,6 @@ def tune(
         best_config,
         out / REPORT_FILE,
     )
-    from fertrain.tuning.report import write_tune_report
-
     write_tune_report(result, loaded)
     return result
 
