@@ -62,8 +62,9 @@ class _TrialLines:
                 number, state, params, value, epochs, seconds = trial_cells(row)
                 result = f"{self.metric} {value}, " if value else ""
                 error = f": {row.error}" if row.error else ""
+                plural = "" if epochs == "1" else "s"
                 console.print(
-                    f"trial {number} {state}{error}: {result}{epochs} epochs, {seconds}; {params}",
+                    f"trial {number} {state}{error}: {result}{epochs} epoch{plural}, {seconds}; {params}",
                     highlight=False,
                     soft_wrap=True,
                 )
