@@ -341,6 +341,15 @@ def test_class_names_travel_from_the_data_into_the_model_and_out_of_evaluate_and
     assert {name for name, _ in prediction.faces[0].top} <= set(FERPLUS_CLASSES)
 
 
+def test_the_bundled_ferplus_model_names_fer_plus_classes_and_scores_fer_plus_data(ferplus_run):
+    data, _ = ferplus_run
+    assert load_classifier("ferplus").classes == FERPLUS_CLASSES
+    result = evaluate(["ferplus"], data, split="val")
+    assert result.summary["class_names"] == list(FERPLUS_CLASSES)
+    assert result.probabilities.shape == (result.summary["num_images"], 8)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_a_model_with_other_classes_is_refused_in_one_line(ferplus_run, prepared_sample, cli):
     data, run_dir = ferplus_run
     code, _, err = cli("evaluate", "bundled", "--data", data, "--split", "val")
