@@ -54,6 +54,7 @@ from fertrain.training.callbacks import (
     read_backup_state,
     reporter_callback,
 )
+from fertrain.training.run_lock import RunLock
 from fertrain.training.runtime import Runtime, dtype_policy, resolve_runtime, seed_everything, versions
 from fertrain.training.schedules import build_optimizer, build_schedule
 from fertrain.training.targets import (
@@ -120,24 +121,32 @@ def train(
     """
     session_start = time.perf_counter()
     config = _with_data_dir(_resolve_config(config, run_dir, resume), data_dir)
-    job = _prepare_job(config, Path(resume) if resume is not None else None)
-    config = job.config
-    output_dir = _claim_output_dir(config, job.runtime, run_dir, resume, runs_root)
+    # One writer per run directory: a resume is refused before any work while the run still trains.
+    lock = RunLock(Path(resume)).acquire() if resume is not None else None
     try:
-        completed = _completed_epochs(output_dir) if resume is not None else 0
-        if resume is None:
-            write_atomic(output_dir / RUN_CONFIG_FILE, dump_config(config))
-        if job.runtime.is_chief:
-            save_teacher_cache(output_dir, job.splits.teacher)
-        if reporter is not None:
-            reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
-        metrics = _fit(job, output_dir, completed, reporter, session_start, stop_when)
-        shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
-    except OSError as exc:
-        raise _run_write_error(exc, output_dir, job.runtime) from exc
+        job = _prepare_job(config, Path(resume) if resume is not None else None)
+        config = job.config
+        output_dir = _claim_output_dir(config, job.runtime, run_dir, resume, runs_root)
+        try:
+            if lock is None and job.runtime.is_chief:
+                lock = RunLock(output_dir).acquire()
+            completed = _completed_epochs(output_dir) if resume is not None else 0
+            if resume is None:
+                write_atomic(output_dir / RUN_CONFIG_FILE, dump_config(config))
+            if job.runtime.is_chief:
+                save_teacher_cache(output_dir, job.splits.teacher)
+            if reporter is not None:
+                reporter.training_started(output_dir if job.runtime.is_chief else None, job.plan(completed))
+            metrics = _fit(job, output_dir, completed, reporter, session_start, stop_when)
+            shutil.rmtree(output_dir / BACKUP_DIR, ignore_errors=True)
+        except OSError as exc:
+            raise _run_write_error(exc, output_dir, job.runtime) from exc
+        finally:
+            if not job.runtime.is_chief:
+                shutil.rmtree(output_dir, ignore_errors=True)
     finally:
-        if not job.runtime.is_chief:
-            shutil.rmtree(output_dir, ignore_errors=True)
+        if lock is not None:
+            lock.release()
     notes = list(job.notes)
     if not job.runtime.is_chief:
         notes.append(f"worker {job.runtime.worker_index}: the chief (worker 0) wrote the run")
