@@ -21,7 +21,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -84,6 +84,7 @@ class ExportCheck:
     criterion: str
     passed: bool
     runtimes: tuple[RuntimeCheck, ...] = ()
+    split: str = "test"  # whose faces were checked (`_check_faces`)
 
 
 @dataclass(frozen=True)
@@ -306,11 +307,11 @@ def _export_source(target: str | Path) -> tuple[Path, Path | None]:
     return path, run_dir
 
 
-def _check_faces(data_dir: Path) -> np.ndarray:
-    """The faces the exported model is checked on: the test split's, or the validation split's when
-    the data has no test split (FER2013 copies without PrivateTest)."""
+def _check_faces(data_dir: Path) -> tuple[str, np.ndarray]:
+    """(split, faces) the exported model is checked on: the test split's, or the validation split's
+    when the data has no test split (FER2013 copies without PrivateTest)."""
     split = "test" if (data_dir / "test.npz").is_file() else "val"
-    return load_split(data_dir, split)[0][:CHECK_IMAGES]
+    return split, load_split(data_dir, split)[0][:CHECK_IMAGES]
 
 
 def export_model(
@@ -343,7 +344,7 @@ def export_model(
     if data_dir is None and run_dir is None:
         raise ConfigError(f"{source}: not in a run directory, so pass the data to check on with --data DIR")
     data_dir = Path(data_dir) if data_dir is not None else run_data_dir(run_dir)
-    check_faces = _check_faces(data_dir)
+    check_split, check_faces = _check_faces(data_dir)
 
     members = [load_keras_model(path) for path, _ in sources]
     size = int(members[0].inputs[0].shape[1])
@@ -375,7 +376,9 @@ def export_model(
     else:
         runtimes = _export_onnx(model, out, calibration)
 
-    check = _check(reference, runtimes, check_inputs, quantized=quantize is not None)
+    check = replace(
+        _check(reference, runtimes, check_inputs, quantized=quantize is not None), split=check_split
+    )
     size_bytes = _dir_size(out) if out.is_dir() else out.stat().st_size
     result = ExportResult(out, export_format, quantize, size_bytes, check)
     if junit_path is not None:  # written whether the check passed or not: CI shows why it failed

@@ -324,7 +324,7 @@ def export_junit(result) -> str:
     gate = Gate(
         f"{kind} export matches the Keras model",
         check.passed,
-        f"{check.criterion} on {check.images} test images",
+        f"{check.criterion} on {check.images} {check.split} images",
     )
     properties = {"export": str(result.path), "format": result.format, "quantize": result.quantize or "none"}
     return junit_xml(EXPORT_SUITE, [gate], properties)

@@ -72,7 +72,7 @@ def export(
         kind = f"{result.format} ({result.quantize})" if result.quantize else result.format
         console.print(f"wrote {kind} to {result.path} ({result.size_bytes / 1e6:.2f} MB)")
         verdict = "[green]passed[/]" if check.passed else "[red]FAILED[/]"
-        console.print(f"check on {check.images} test images: {check.criterion}: {verdict}")
+        console.print(f"check on {check.images} {check.split} images: {check.criterion}: {verdict}")
         if junit_xml is not None:
             console.print(f"wrote {junit_xml}")
     if not check.passed:
