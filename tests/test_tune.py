@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from browser import CHROMIUM, NO_CHROMIUM, load_in_chromium
 from cli_main import run_cli
 
@@ -256,6 +257,17 @@ def test_seed_repeats_the_suggestions_and_a_continued_study_draws_new_ones(
     assert continued[2]["params"]["train.optimizer.learning_rate"] not in {
         t["params"]["train.optimizer.learning_rate"] for t in first
     }
+
+
+def test_stepped_floats_reach_the_config_as_the_steps_decimals():
+    from fertrain.tuning.space import Param, config_with
+
+    smoothing = Param("train.label_smoothing", "float", 0.0, 0.2, step=0.05)
+    assert 0.0 + 3 * 0.05 == 0.15000000000000002  # what Optuna records for the fourth step
+    assert smoothing.value(0.0 + 3 * 0.05) == 0.15
+    assert Param("x", "float", 0.001, 0.01, log=True).value(0.0035384535909) == 0.0035384535909
+    config = config_with(QUICKSTART, (), {"train.label_smoothing": smoothing.value(3 * 0.05)})
+    assert "label_smoothing: 0.15\n" in yaml.safe_dump(config.model_dump(mode="json"))
 
 
 def test_a_sigkilled_worker_leaves_a_study_that_the_rerun_continues(tmp_path, data, capsys, monkeypatch):

@@ -52,6 +52,9 @@ class Param:
 
     def value(self, recorded: Any) -> Any:
         """The config value of a value Optuna recorded for this parameter."""
+        if self.kind == "float" and self.step is not None:
+            # Optuna's stepped floats are low + k * step: 0.05 * 3 is 0.15000000000000002.
+            return round(recorded, 12)
         if self.kind != "categorical":
             return recorded
         return dict(zip(self.labels, self.choices, strict=True))[recorded]
