@@ -146,6 +146,29 @@ def test_trials_are_complete_run_directories_and_the_pruned_one_says_so(grid_stu
     assert all(t["epochs"] == 2 for t in trials[:2])
 
 
+@pytest.mark.parametrize(
+    ("epochs", "options", "first_prunable"),
+    [(6, (), 2), (3, ("--min-epochs", "3"), 3)],
+    ids=["default-a-third-of-the-epochs", "min-epochs-option"],
+)
+def test_no_trial_is_pruned_before_its_minimum_epochs(
+    tmp_path, data, capsys, monkeypatch, epochs, options, first_prunable
+):
+    """The grid of `grid_study` with longer trials: 1e-8 learns nothing from its first epoch on, and is
+    pruned at the first epoch the pruner may stop it, not before."""
+    space = write(
+        tmp_path / "space.yaml", "train.optimizer.learning_rate: {categorical: [0.01, 0.005, 1.0e-8]}\n"
+    )
+    args = tune_args(space, data, tmp_path / "study", "--sampler", "grid", "--seed", "3", epochs=epochs)
+    trials = tune_json([*args, "--trials", "3", *options], capsys, monkeypatch)["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
+    assert [t["epochs"] for t in trials] == [epochs, epochs, first_prunable]
+    history = read_history(tmp_path / "study" / trials[2]["run_dir"] / "history.csv")
+    firsts = [read_history(tmp_path / "study" / t["run_dir"] / "history.csv")[0] for t in trials[:2]]
+    # It was already below both complete trials at its first epoch.
+    assert history[0]["val_accuracy"] < min(row["val_accuracy"] for row in firsts)
+
+
 def test_best_yaml_is_the_best_trials_config_and_trains_as_is(grid_study, capsys, monkeypatch):
     base, _, result = grid_study
     complete = [t for t in result["trials"] if t["state"] == "complete"]

@@ -123,6 +123,14 @@ def tune(
             "epoch (once 2 trials finished); hyperband: Optuna's Hyperband over epochs."
         ),
     ] = "median",
+    min_epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Epochs every trial runs before the pruner may stop it (default: a third of the "
+            "config's train.epochs, at least 1).",
+        ),
+    ] = None,
     sampler: Annotated[
         Literal["tpe", "random", "grid"],
         typer.Option(help="grid needs categorical values or a step for each float range."),
@@ -160,6 +168,7 @@ def tune(
             metric=metric,
             direction=direction,
             pruner=pruner,
+            min_epochs=min_epochs,
             sampler=sampler,
             seed=seed,
             reporter=reporter,

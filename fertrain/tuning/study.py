@@ -153,12 +153,16 @@ def tune(
     metric: str = "val_accuracy",
     direction: str | None = None,
     pruner: str = "median",
+    min_epochs: int | None = None,
     sampler: str = "tpe",
     seed: int | None = None,
     reporter: TuneReporter | None = None,
 ) -> TuneResult:
     """Runs trials of the study until it has `trials` complete or pruned ones (counting every
-    worker's), or `timeout` seconds have passed; writes best.yaml and tune-report.html."""
+    worker's), or `timeout` seconds have passed; writes best.yaml and tune-report.html.
+
+    `min_epochs`: the epochs every trial runs before the pruner may stop it (default: a third of
+    the base config's epochs, at least 1)."""
     if optuna is None:
         raise MissingDependencyError("fertrain tune needs Optuna: pip install 'fertrain[tune]'")
     # The caller shows the progress; Optuna's own log lines would repeat it, with tracebacks.
@@ -166,6 +170,10 @@ def tune(
     base_config = load_config(base, list(overrides))
     search = load_space(space, base, overrides)
     direction = _check_options(metric, direction, pruner, sampler, trials, timeout)
+    if min_epochs is None:
+        min_epochs = max(1, base_config.train.epochs // 3)
+    elif min_epochs < 1:
+        raise ConfigError(f"--min-epochs: must be >= 1, got {min_epochs}")
     name = study or base_config.name
     out = Path(out) if out is not None else Path("runs") / "tune" / name
     grid = {param.path: param.grid() for param in search.params} if sampler == "grid" else None
@@ -180,7 +188,7 @@ def tune(
         storage=rdb,
         # Offset by the trials already there, so that a continued study does not draw them again.
         sampler=_sampler(sampler, grid, None if seed is None else seed + existing),
-        pruner=_pruner(pruner),
+        pruner=_pruner(pruner, min_epochs),
     )
     with _worker_lock(out) as lock:
         plan = _Plan(
@@ -268,11 +276,16 @@ def _sampler(name: str, grid: dict[str, list[Any]] | None, seed: int | None):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _pruner(name: str):
+def _pruner(name: str, min_epochs: int):
+    # Steps are epoch numbers from 1: the earliest a trial can be pruned is after epoch `min_epochs`.
+    # Early epochs rank trials by how fast they start (warm-up, a weight average still ramping up),
+    # not by where they end.
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=min_epochs)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_epochs, max_resource="auto", reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 
