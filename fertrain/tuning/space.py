@@ -30,6 +30,11 @@ _SCALARS = (type(None), bool, int, float, str)
 _CHECK_EVERY_INT = 64
 
 
+def _on_step(value: float) -> float:
+    """A stepped float as the step's decimals write it: 0.1 * 3 is 0.30000000000000004."""
+    return round(value, 12)
+
+
 @dataclass(frozen=True)
 class Param:
     """One config path and its distribution; `choices` are the config values, for categorical only."""
@@ -53,8 +58,7 @@ class Param:
     def value(self, recorded: Any) -> Any:
         """The config value of a value Optuna recorded for this parameter."""
         if self.kind == "float" and self.step is not None:
-            # Optuna's stepped floats are low + k * step: 0.05 * 3 is 0.15000000000000002.
-            return round(recorded, 12)
+            return _on_step(recorded)  # Optuna records low + k * step as it computes it
         if self.kind != "categorical":
             return recorded
         return dict(zip(self.labels, self.choices, strict=True))[recorded]
@@ -70,8 +74,7 @@ class Param:
             )
         count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         values = [self.low + i * self.step for i in range(count)]
-        # Rounded to the step's decimals: 0.1 * 3 is 0.30000000000000004.
-        return [round(v, 12) for v in values] if self.kind == "float" else values
+        return [_on_step(v) for v in values] if self.kind == "float" else values
 
     def probes(self) -> list[Any]:
         """Config values that together cover what the schema could refuse in this range: its ends

@@ -169,11 +169,9 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     base_config = load_config(base, list(overrides))
     search = load_space(space, base, overrides)
-    direction = _check_options(metric, direction, pruner, sampler, trials, timeout)
+    direction = _check_options(metric, direction, pruner, sampler, trials, timeout, min_epochs)
     if min_epochs is None:
         min_epochs = max(1, base_config.train.epochs // 3)
-    elif min_epochs < 1:
-        raise ConfigError(f"--min-epochs: must be >= 1, got {min_epochs}")
     name = study or base_config.name
     out = Path(out) if out is not None else Path("runs") / "tune" / name
     grid = {param.path: param.grid() for param in search.params} if sampler == "grid" else None
@@ -246,7 +244,13 @@ _FINISHED = () if optuna is None else (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _check_options(
-    metric: str, direction: str | None, pruner: str, sampler: str, trials: int, timeout: float | None
+    metric: str,
+    direction: str | None,
+    pruner: str,
+    sampler: str,
+    trials: int,
+    timeout: float | None,
+    min_epochs: int | None,
 ) -> str:
     if metric not in METRICS:
         raise ConfigError(
@@ -265,6 +269,8 @@ def _check_options(
         raise ConfigError(f"--trials: must be >= 1, got {trials}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout: must be > 0 seconds, got {timeout}")
+    if min_epochs is not None and min_epochs < 1:
+        raise ConfigError(f"--min-epochs: must be >= 1, got {min_epochs}")
     return direction
 
 
