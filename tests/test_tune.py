@@ -167,6 +167,16 @@ def test_no_trial_is_pruned_before_its_minimum_epochs(
     firsts = [read_history(tmp_path / "study" / t["run_dir"] / "history.csv")[0] for t in trials[:2]]
     # It was already below both complete trials at its first epoch.
     assert history[0]["val_accuracy"] < min(row["val_accuracy"] for row in firsts)
+    # Every worker of the study prunes alike: one that names no --min-epochs takes the study's (with
+    # --min-epochs 3 on 3 epochs, not the default 1); another value or pruner is refused in one line.
+    assert tune_json([*args, "--trials", "3"], capsys, monkeypatch)["ran"] == []
+    for other in (("--min-epochs", str(first_prunable + 1)), ("--pruner", "hyperband")):
+        code, out, err = run_cli([*args, "--trials", "3", *other], capsys, monkeypatch)
+        assert code == 2 and out == "", err
+        assert err.strip() == (
+            f"error: study quickstart was made with --pruner median --min-epochs {first_prunable}; "
+            "give the same as its other workers, or a new --study name"
+        )
 
 
 def test_best_yaml_is_the_best_trials_config_and_trains_as_is(grid_study, capsys, monkeypatch):

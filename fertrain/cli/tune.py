@@ -128,7 +128,7 @@ def tune(
         typer.Option(
             min=1,
             help="Epochs every trial runs before the pruner may stop it (default: a third of the "
-            "config's train.epochs, at least 1).",
+            "config's train.epochs, at least 1; a continued study: its own).",
         ),
     ] = None,
     sampler: Annotated[

@@ -162,7 +162,7 @@ def tune(
     worker's), or `timeout` seconds have passed; writes best.yaml and tune-report.html.
 
     `min_epochs`: the epochs every trial runs before the pruner may stop it (default: a third of
-    the base config's epochs, at least 1)."""
+    the base config's epochs, at least 1; a study that already exists: the value it was made with)."""
     if optuna is None:
         raise MissingDependencyError("fertrain tune needs Optuna: pip install 'fertrain[tune]'")
     # The caller shows the progress; Optuna's own log lines would repeat it, with tracebacks.
@@ -170,8 +170,6 @@ def tune(
     base_config = load_config(base, list(overrides))
     search = load_space(space, base, overrides)
     direction = _check_options(metric, direction, pruner, sampler, trials, timeout, min_epochs)
-    if min_epochs is None:
-        min_epochs = max(1, base_config.train.epochs // 3)
     name = study or base_config.name
     out = Path(out) if out is not None else Path("runs") / "tune" / name
     grid = {param.path: param.grid() for param in search.params} if sampler == "grid" else None
@@ -180,7 +178,7 @@ def tune(
     except OSError as exc:
         raise FileSystemError.from_os_error(exc, where=out) from exc
     rdb, shown = _open_storage(storage, out)
-    existing = _load_study(rdb, name, direction, search, metric, base_config)
+    existing, min_epochs = _load_study(rdb, name, direction, search, metric, base_config, pruner, min_epochs)
     loaded = optuna.load_study(
         study_name=name,
         storage=rdb,
@@ -353,15 +351,35 @@ def _fingerprint(config: Config) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def _load_study(rdb, name: str, direction: str, space: SearchSpace, metric: str, base: Config) -> int:
-    """Creates the study or checks that the existing one was made for the same search; returns how
-    many trials it already has."""
+def _load_study(
+    rdb,
+    name: str,
+    direction: str,
+    space: SearchSpace,
+    metric: str,
+    base: Config,
+    pruner: str,
+    min_epochs: int | None,
+) -> tuple[int, int]:
+    """Creates the study or checks that the existing one was made for the same search and pruning;
+    returns how many trials it already has and the epochs its trials run before they may be pruned
+    (a worker that gives no --min-epochs takes the study's, so that every worker prunes alike)."""
     made = optuna.create_study(study_name=name, storage=rdb, direction=direction, load_if_exists=True)
-    settings = {"space": space.fingerprint(), "metric": metric, "base": _fingerprint(base)}
     recorded = made.user_attrs.get("fertrain")
+    # Studies made before fertrain recorded their pruning have none: their workers keep the default.
+    kept = (recorded or {}).get("pruning") or {}
+    if min_epochs is None:
+        min_epochs = kept.get("min_epochs") or max(1, base.train.epochs // 3)
+    pruning = {"pruner": pruner, "min_epochs": min_epochs}
+    settings = {"space": space.fingerprint(), "metric": metric, "base": _fingerprint(base), "pruning": pruning}
     if recorded is None:
         made.set_user_attr("fertrain", settings)
     else:
+        if kept and kept != pruning:
+            raise ConfigError(
+                f"study {name} was made with --pruner {kept['pruner']} --min-epochs {kept['min_epochs']}; "
+                "give the same as its other workers, or a new --study name"
+            )
         what = {"space": f"search space than {space.source}", "metric": "metric", "base": "base config"}
         for key, label in what.items():
             if recorded.get(key) != settings[key]:
@@ -375,7 +393,7 @@ def _load_study(rdb, name: str, direction: str, space: SearchSpace, metric: str,
             f"study {name} {made.direction.name.lower()}s; give --direction "
             f"{made.direction.name.lower()} or a new --study name"
         )
-    return len(made.get_trials(deepcopy=False))
+    return len(made.get_trials(deepcopy=False)), min_epochs
 
 
 @contextlib.contextmanager
