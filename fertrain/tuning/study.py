@@ -371,7 +371,12 @@ def _load_study(
     if min_epochs is None:
         min_epochs = kept.get("min_epochs") or max(1, base.train.epochs // 3)
     pruning = {"pruner": pruner, "min_epochs": min_epochs}
-    settings = {"space": space.fingerprint(), "metric": metric, "base": _fingerprint(base), "pruning": pruning}
+    settings = {
+        "space": space.fingerprint(),
+        "metric": metric,
+        "base": _fingerprint(base),
+        "pruning": pruning,
+    }
     if recorded is None:
         made.set_user_attr("fertrain", settings)
     else:
