@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -98,6 +99,51 @@ def test_tflite_int8_check_reports_top1_agreement(run_dir, check_batch, keras_pr
     assert result.check.passed == (agreement >= 0.98)
 
 
+def test_keras_float16_stores_half_the_bytes_and_computes_with_the_rounded_weights(
+    run_dir, check_batch, keras_probabilities, tmp_path
+):
+    import zipfile
+
+    import h5py
+
+    full = export_model(run_dir, "keras", out=tmp_path / "full.keras")
+    half = export_model(run_dir, "keras", quantize="float16", out=tmp_path / "half.keras")
+    assert half.check.passed and half.check.criterion.endswith("(needs <= 1e-02) in keras")
+    with zipfile.ZipFile(tmp_path / "half.keras") as archive:
+        weights = archive.read("model.weights.h5")
+    stored = []
+    with h5py.File(io.BytesIO(weights)) as h5:
+        h5.visititems(
+            lambda name, item: stored.append(item.dtype) if isinstance(item, h5py.Dataset) else None
+        )
+    assert stored and set(stored) == {np.dtype("float16")}
+    assert half.size_bytes < 0.6 * full.size_bytes
+    # Loaded (safe mode), it computes in float32 with every weight rounded to float16: the run's own
+    # model given those rounded weights gives the same probabilities.
+    loaded = load_classifier(tmp_path / "half.keras")
+    assert {w.dtype for w in loaded.keras_model.weights} == {"float32"}
+    rounded = load_classifier(run_dir)
+    rounded.keras_model.set_weights(
+        [w.astype(np.float16).astype(np.float32) for w in rounded.keras_model.get_weights()]
+    )
+    np.testing.assert_allclose(loaded.forward(check_batch), rounded.forward(check_batch), atol=1e-6)
+    difference = float(np.abs(loaded.forward(check_batch) - keras_probabilities).max())
+    assert 0 < difference <= 1e-2 and half.check.max_abs_difference == pytest.approx(difference, abs=1e-6)
+
+
+def test_tflite_float16_stores_float16_weights(run_dir, check_batch, keras_probabilities, tmp_path):
+    result = export_model(run_dir, "tflite", quantize="float16", out=tmp_path / "m16.tflite")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m16.tflite"))
+    assert np.float16 in {detail["dtype"] for detail in interpreter.get_tensor_details()}
+    exported = _tflite_probabilities(tmp_path / "m16.tflite", check_batch)
+    assert result.check.passed
+    assert result.check.max_abs_difference == pytest.approx(
+        float(np.abs(exported - keras_probabilities).max())
+    )
+
+
 def test_onnx_float_and_int8_round_trip(
     run_dir, check_batch, keras_probabilities, tmp_path, capsys, monkeypatch
 ):
@@ -127,30 +173,33 @@ def returning(name: str, probabilities: np.ndarray) -> Runtime:
 def test_check_thresholds():
     reference = np.tile(np.eye(7)[:2] * 0.9 + 0.1 / 7, (50, 1))  # 100 rows, top-1 alternating 0 and 1
     inputs = np.zeros((100, 48, 48, 1), np.float32)
-    assert _check(reference, [returning("a", reference + 1e-4)], inputs, quantized=False).passed
-    assert not _check(reference, [returning("a", reference + 2e-4)], inputs, quantized=False).passed
+    assert _check(reference, [returning("a", reference + 1e-4)], inputs, quantize=None).passed
+    assert not _check(reference, [returning("a", reference + 2e-4)], inputs, quantize=None).passed
     flipped = reference.copy()
     flipped[:2] = flipped[:2, ::-1]  # 2 of 100 rows change their top-1
-    assert _check(reference, [returning("a", flipped)], inputs, quantized=True).passed  # 98% agreement
+    assert _check(reference, [returning("a", flipped)], inputs, quantize="int8").passed  # 98% agreement
     flipped[:3] = reference[:3, ::-1]
-    assert not _check(reference, [returning("a", flipped)], inputs, quantized=True).passed  # 97%
+    assert not _check(reference, [returning("a", flipped)], inputs, quantize="int8").passed  # 97%
+    # float16 weights: probabilities within 1e-2, whatever the top-1 does.
+    assert _check(reference, [returning("a", reference + 9e-3)], inputs, quantize="float16").passed
+    assert not _check(reference, [returning("a", reference + 2e-2)], inputs, quantize="float16").passed
 
 
 def test_check_fails_naming_each_runtime_that_disagrees():
     reference = np.full((10, 7), 1 / 7)
     inputs = np.zeros((10, 48, 48, 1), np.float32)
     good, off = returning("good", reference + 5e-5), returning("off", reference + 3e-3)
-    check = _check(reference, [good, off], inputs, quantized=False)
+    check = _check(reference, [good, off], inputs, quantize=None)
     assert not check.passed
     assert check.criterion == "max |p_export - p_keras| 3.00e-03 (needs <= 1e-04) in off; passed in good"
     assert check.max_abs_difference == pytest.approx(3e-3) and check.top1_agreement == 1.0
     assert [(r.runtime, r.passed) for r in check.runtimes] == [("good", True), ("off", False)]
-    check = _check(reference, [good, returning("rows", np.ones((10, 1, 7)))], inputs, quantized=False)
+    check = _check(reference, [good, returning("rows", np.ones((10, 1, 7)))], inputs, quantize=None)
     assert not check.passed and "output shape (10, 1, 7), expected (10, 7) in rows" in check.criterion
     # A runtime that cannot read the export fails a float check; an int8 one only notes it.
     unread = Runtime("reader", None, "cannot read the model (DequantizeLinear)")
-    assert not _check(reference, [good, unread], inputs, quantized=False).passed
-    int8 = _check(reference, [good, unread], inputs, quantized=True)
+    assert not _check(reference, [good, unread], inputs, quantize=None).passed
+    int8 = _check(reference, [good, unread], inputs, quantize="int8")
     assert int8.passed and int8.criterion == (
         "top-1 agreement 100.00% (needs >= 98%) in good; "
         "reader: cannot read the model (DequantizeLinear); skipped for an int8 model"
@@ -237,6 +286,12 @@ def test_bad_requests_exit_2(run_dir, tmp_path, capsys, monkeypatch):
         ["export", run_dir, "--format", "savedmodel", "--quantize", "int8"], capsys, monkeypatch
     )
     assert code == 2 and "--quantize int8 needs --format tflite or onnx" in err
+    code, _, err = run_cli(
+        ["export", run_dir, "--format", "onnx", "--quantize", "float16"], capsys, monkeypatch
+    )
+    assert code == 2 and err.strip() == (
+        "error: --quantize float16 needs --format keras or tflite (onnx exports stay float32)"
+    )
 
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the onnx extra were not installed
     code, _, err = run_cli(["export", run_dir, "--format", "onnx"], capsys, monkeypatch)

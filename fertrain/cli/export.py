@@ -19,7 +19,8 @@ from fertrain.export import ExportFormat, Quantization
 EXPORT_EXIT_CODES = (
     "After exporting, the first 200 test images are run through the Keras model and through the export in "
     "every runtime installed that serves it (ONNX: onnxruntime and OpenCV's DNN module; TFLite: the TFLite "
-    "interpreter): float exports must match within 1e-4 (max abs probability difference), int8 exports "
+    "interpreter): float exports must match within 1e-4 (max abs probability difference), float16 ones "
+    "within 1e-2, int8 exports "
     "must agree on the top-1 emotion for >= 98% of them, in each runtime. Exit codes: 0 export written "
     "and check passed; 3 check failed, naming the runtime "
     "(the file is kept for inspection); 2 bad input or a missing optional dependency; 5 the export "
@@ -43,7 +44,10 @@ def export(
     ],
     quantize: Annotated[
         Quantization | None,
-        typer.Option(help="int8 weights and activations (tflite, onnx), calibrated on 200 training images."),
+        typer.Option(
+            help="int8: weights and activations (tflite, onnx), calibrated on 200 training images; "
+            "float16: weights stored in half the bytes, computed in float32 (keras, tflite)."
+        ),
     ] = None,
     out: Annotated[
         str | None,
