@@ -1,0 +1,61 @@
+"""Scores every mean of K of the given models on a prepared split and prints the best of each size: how
+the bundled models' members were chosen (fertrain/assets/README.md).
+
+    python benchmarks/ensemble_search.py runs/ferplus-*-e60*/last.keras --data prepared/ferplus \
+        --split val --sizes 2 3 4
+
+Each model predicts the split once (through `fertrain evaluate`'s inference path); a mean is scored as
+`evaluate` scores an ensemble: mean probabilities, accuracy on FER+'s strict-majority faces on data with
+votes, else on every face. Whatever split chooses the members flatters their figures on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from fertrain.data.dataset import load_split, load_votes
+from fertrain.data.ferplus import majority_mask
+from fertrain.evaluation import check_classes
+from fertrain.inference import load_classifier, predict_probabilities
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--tta", default="none")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--top", type=int, default=5)
+    args = parser.parse_args()
+    models = [load_classifier(path) for path in args.models]
+    check_classes(models, Path(args.data))
+    faces, labels = load_split(args.data, args.split)
+    votes = load_votes(args.data, args.split)
+    scored = majority_mask(votes) if votes is not None else np.ones(len(labels), dtype=bool)
+    probabilities_by_model = {}
+    for path, model in zip(args.models, models, strict=True):
+        probabilities = predict_probabilities([model], faces, tta=args.tta)
+        probabilities_by_model[path] = probabilities
+        print(f"{100 * _accuracy(probabilities, labels, scored):6.2f}  {path}")
+    for size in args.sizes:
+        means = [
+            (_accuracy(sum(probabilities_by_model[path] for path in combo), labels, scored), combo)
+            for combo in itertools.combinations(args.models, size)
+        ]
+        means.sort(key=lambda mean: -mean[0])
+        print(f"best means of {size} of {len(args.models)} ({len(means)} in all, {int(scored.sum())} faces):")
+        for accuracy, combo in means[: args.top]:
+            print(f"{100 * accuracy:6.2f}  " + " + ".join(combo))
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> float:
+    return float((probabilities.argmax(axis=1) == labels)[scored].mean())
+
+
+if __name__ == "__main__":
+    main()
