@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--tta", default="none")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument(
+        "--two-fold", type=int, metavar="SEED", help="also the two-fold check, its halves drawn with SEED"
+    )
     args = parser.parse_args()
     models = [load_classifier(path) for path in args.models]
     check_classes(models, Path(args.data))
@@ -42,15 +45,30 @@ def main() -> None:
         probabilities = predict_probabilities([model], faces, tta=args.tta)
         probabilities_by_model[path] = probabilities
         print(f"{100 * _accuracy(probabilities, labels, scored):6.2f}  {path}")
+    halves = _halves(scored, args.two_fold) if args.two_fold is not None else []
     for size in args.sizes:
-        means = [
-            (_accuracy(sum(probabilities_by_model[path] for path in combo), labels, scored), combo)
-            for combo in itertools.combinations(args.models, size)
+        combos = list(itertools.combinations(args.models, size))
+        correct = [
+            sum(probabilities_by_model[path] for path in combo).argmax(axis=1) == labels for combo in combos
         ]
-        means.sort(key=lambda mean: -mean[0])
-        print(f"best means of {size} of {len(args.models)} ({len(means)} in all, {int(scored.sum())} faces):")
-        for accuracy, combo in means[: args.top]:
-            print(f"{100 * accuracy:6.2f}  " + " + ".join(combo))
+        ranked = sorted(range(len(combos)), key=lambda index: -correct[index][scored].mean())
+        print(f"best means of {size} of {len(args.models)} ({len(combos)} in all, {scored.sum()} faces):")
+        for index in ranked[: args.top]:
+            print(f"{100 * correct[index][scored].mean():6.2f}  " + " + ".join(combos[index]))
+        for chosen_on, scored_on in itertools.permutations(halves):
+            best = max(range(len(combos)), key=lambda index: correct[index][chosen_on].mean())
+            there, other = (100 * correct[best][half].mean() for half in (chosen_on, scored_on))
+            print(
+                f"two-fold, size {size}: chosen on {len(chosen_on)} faces ({there:.2f} there), "
+                f"{other:.2f} on the other {len(scored_on)}: " + " + ".join(combos[best])
+            )
+
+
+def _halves(scored: np.ndarray, seed: int) -> list[np.ndarray]:
+    """The scored faces' indices in two random halves."""
+    indices = np.flatnonzero(scored)
+    np.random.default_rng(seed).shuffle(indices)
+    return [indices[: len(indices) // 2], indices[len(indices) // 2 :]]
 
 
 def _accuracy(probabilities: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> float:
