@@ -44,17 +44,16 @@ def main() -> None:
     for path, model in zip(args.models, models, strict=True):
         probabilities = predict_probabilities([model], faces, tta=args.tta)
         probabilities_by_model[path] = probabilities
-        print(f"{100 * _accuracy(probabilities, labels, scored):6.2f}  {path}")
+        print(f"{100 * _correct(probabilities, labels)[scored].mean():6.2f}  {path}")
     halves = _halves(scored, args.two_fold) if args.two_fold is not None else []
     for size in args.sizes:
         combos = list(itertools.combinations(args.models, size))
-        correct = [
-            sum(probabilities_by_model[path] for path in combo).argmax(axis=1) == labels for combo in combos
-        ]
-        ranked = sorted(range(len(combos)), key=lambda index: -correct[index][scored].mean())
+        correct = [_correct(sum(probabilities_by_model[path] for path in combo), labels) for combo in combos]
+        accuracies = [faces_correct[scored].mean() for faces_correct in correct]
+        ranked = sorted(range(len(combos)), key=lambda index: -accuracies[index])
         print(f"best means of {size} of {len(args.models)} ({len(combos)} in all, {scored.sum()} faces):")
         for index in ranked[: args.top]:
-            print(f"{100 * correct[index][scored].mean():6.2f}  " + " + ".join(combos[index]))
+            print(f"{100 * accuracies[index]:6.2f}  " + " + ".join(combos[index]))
         for chosen_on, scored_on in itertools.permutations(halves):
             best = max(range(len(combos)), key=lambda index: correct[index][chosen_on].mean())
             there, other = (100 * correct[best][half].mean() for half in (chosen_on, scored_on))
@@ -71,8 +70,9 @@ def _halves(scored: np.ndarray, seed: int) -> list[np.ndarray]:
     return [indices[: len(indices) // 2], indices[len(indices) // 2 :]]
 
 
-def _accuracy(probabilities: np.ndarray, labels: np.ndarray, scored: np.ndarray) -> float:
-    return float((probabilities.argmax(axis=1) == labels)[scored].mean())
+def _correct(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per face: does the most probable class match the label."""
+    return probabilities.argmax(axis=1) == labels
 
 
 if __name__ == "__main__":
